@@ -1,0 +1,53 @@
+# The two commands a fresh clone needs:  make run  (set up, then the whole offline pipeline)
+#                                         make test (set up, then every unit test and notebook)
+SHELL := /bin/bash
+PYTHON_BOOTSTRAP ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Offline by default: nothing in the course path may reach the Hugging Face hub.
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
+export TOKENIZERS_PARALLELISM := false
+export PYTHONHASHSEED := 0
+NBVAL_FLAGS := --nbval-lax --nbval-sanitize-with notebooks/nbval_sanitize.cfg -p no:randomly
+
+.PHONY: setup run test unit notebooks bench lint freeze clean
+
+setup: $(STAMP)
+
+# torch==2.13.0 is a CPU wheel on the course machines; bitsandbytes (QLoRA) only where CUDA is.
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	if $(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then \
+	    $(PY) -m pip install --quiet bitsandbytes==0.50.2; fi
+	touch $(STAMP)
+
+run: setup
+	$(PY) -m utils.pipeline
+
+# Unit tests first (fast), then the pipeline's artifacts (built once, cached in results/), then every
+# notebook and every solution notebook under nbval.
+test: setup
+	$(PY) -m pytest tests -q
+	$(PY) -m utils.pipeline
+	$(PY) -m pytest $(NBVAL_FLAGS) notebooks -q
+
+unit: setup
+	$(PY) -m pytest tests -q
+
+notebooks: setup
+	$(PY) -m pytest $(NBVAL_FLAGS) notebooks -q
+
+bench: setup
+	$(PY) -m utils.bench
+
+freeze: setup
+	$(PY) -m pip freeze --exclude-editable | grep -v '^torch==' | \
+	    { echo "# Exact pins for the course (CPU). Regenerate with: make freeze"; echo "torch==2.13.0"; cat; } > requirements.txt
+
+clean:
+	rm -rf results .pytest_cache

@@ -1,0 +1,187 @@
+"""The base language model: a small GPT-2 trained from scratch on the review world.
+
+We use transformers' ``GPT2LMHeadModel`` (our own ``utils.transformer.GPT`` computes the same logits,
+see notebook 02) so that TRL, PEFT and ``generate`` work on it unchanged. Training is the plain
+next-token objective with teacher forcing, AdamW, linear warmup then cosine decay, and gradient
+clipping, the recipe of nanoGPT.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
+
+from utils.seed import set_seed
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    """Shape of the GPT-2 base model (vocabulary size comes from the tokenizer)."""
+
+    n_layer: int = 4  # transformer blocks
+    n_head: int = 4  # attention heads per block
+    n_embd: int = 128  # residual stream width; head size = n_embd / n_head
+    n_positions: int = 256  # longest sequence, in tokens (prompt + completion)
+    dropout: float = 0.0  # fresh samples every step: nothing to overfit, so no dropout
+
+    def __post_init__(self) -> None:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"LMConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+
+
+@dataclass(frozen=True)
+class LMTrainConfig:
+    """How the base model is trained."""
+
+    steps: int = 1200  # optimiser steps
+    batch_size: int = 64  # reviews per step
+    lr: float = 3e-3  # peak learning rate (tiny models tolerate large ones)
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 100  # linear warmup: Adam's second moments are unreliable at first
+    weight_decay: float = 0.1  # decoupled weight decay on matrices only
+    grad_clip: float = 1.0  # max global gradient norm
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas, as in GPT-3 / nanoGPT
+    eval_every: int = 200  # steps between validation estimates
+    eval_batches: int = 8  # batches per estimate
+    seed: int = 0  # model init and batch order
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "warmup_steps", "eval_every", "eval_batches"):
+            if getattr(self, name) < (0 if name == "warmup_steps" else 1):
+                raise ValueError(f"LMTrainConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"LMTrainConfig.lr must be > 0, got {self.lr}")
+
+
+def build_model(config: LMConfig, tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> GPT2LMHeadModel:
+    """A freshly initialised GPT-2 whose special-token ids match ``tokenizer``."""
+    set_seed(seed)
+    hf_config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=config.n_positions, n_embd=config.n_embd,
+        n_layer=config.n_layer, n_head=config.n_head, resid_pdrop=config.dropout,
+        embd_pdrop=config.dropout, attn_pdrop=config.dropout,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = GPT2LMHeadModel(hf_config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def get_lr(step: int, config: LMTrainConfig) -> float:
+    """Linear warmup to ``lr``, then cosine decay to ``lr * min_lr_ratio`` at the last step."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return config.lr * (config.min_lr_ratio + (1.0 - config.min_lr_ratio) * cosine)
+
+
+def encode_reviews(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase) -> list[list[int]]:
+    """Each review as ``[BOS] tokens [EOS]``: the model must also learn where a review ends."""
+    eos = tokenizer.eos_token_id
+    return [ids + [eos] for ids in tokenizer(list(texts))["input_ids"]]
+
+
+def collate(sequences: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest sequence; labels are -100 on padding so the loss ignores it."""
+    length = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)  # (B, T)
+    attention_mask = torch.zeros_like(input_ids)
+    for i, seq in enumerate(sequences):
+        input_ids[i, :len(seq)] = torch.tensor(seq)
+        attention_mask[i, :len(seq)] = 1
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+@torch.no_grad()
+def sequence_nll(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Summed negative log-likelihood (nats) of each sequence's tokens after BOS, shape (B,)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
+    targets = batch["input_ids"][:, 1:]
+    token_logprobs = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T-1)
+    return -(token_logprobs * batch["attention_mask"][:, 1:]).sum(dim=1)
+
+
+def nll_per_review(model: nn.Module, sequences: Sequence[Sequence[int]], pad_id: int,
+                   batch_size: int = 256) -> float:
+    """Mean NLL per review in nats: comparable with the source entropy, which no model can beat."""
+    model.eval()
+    total = 0.0
+    for start in range(0, len(sequences), batch_size):
+        total += sequence_nll(model, collate(sequences[start:start + batch_size], pad_id)).sum().item()
+    return total / len(sequences)
+
+
+@torch.no_grad()
+def estimate_loss(model: nn.Module, splits: dict[str, Sequence[Sequence[int]]], pad_id: int,
+                  batches: int, batch_size: int, generator: torch.Generator) -> dict[str, float]:
+    """Mean per-token loss on a few random batches of each split (cheap, for the training log)."""
+    model.eval()
+    out = {}
+    for name, data in splits.items():
+        losses = []
+        for _ in range(batches):
+            idx = torch.randint(len(data), (batch_size,), generator=generator).tolist()
+            losses.append(model(**collate([data[i] for i in idx], pad_id)).loss.item())
+        out[name] = sum(losses) / len(losses)
+    model.train()
+    return out
+
+
+def make_optimizer(model: nn.Module, config: LMTrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on biases, norms or embeddings' gains)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
+
+
+def train_lm(model: nn.Module, train: Sequence[Sequence[int]], val: Sequence[Sequence[int]], pad_id: int,
+             config: LMTrainConfig, progress: bool = True,
+             callback: Callable[[int, dict], None] | None = None) -> list[dict]:
+    """Train ``model`` in place; returns the log (one dict per evaluation).
+
+    ``callback(step, record)`` is called at every evaluation, e.g. to redraw a live loss curve.
+    """
+    set_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    optimizer = make_optimizer(model, config)
+    model.train()
+    log: list[dict] = []
+    start = time.perf_counter()
+    bar = tqdm(range(config.steps), desc="train LM", disable=not progress, mininterval=1.0)
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = get_lr(step, config)
+        idx = torch.randint(len(train), (config.batch_size,), generator=generator).tolist()
+        loss = model(**collate([train[i] for i in idx], pad_id)).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        if (step + 1) % config.eval_every == 0 or step == config.steps - 1:
+            losses = estimate_loss(model, {"train": train, "val": val}, pad_id, config.eval_batches,
+                                   config.batch_size, generator)
+            record = {"step": step + 1, "lr": get_lr(step, config), "grad_norm": grad_norm.item(),
+                      "train_loss": losses["train"], "val_loss": losses["val"],
+                      "seconds": time.perf_counter() - start}
+            log.append(record)
+            bar.set_postfix(train=f"{losses['train']:.3f}", val=f"{losses['val']:.3f}")
+            if callback is not None:
+                callback(step + 1, record)
+    model.eval()
+    return log

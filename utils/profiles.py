@@ -1,0 +1,80 @@
+"""Named configurations of the whole course: one dataclass per stage, gathered in a profile.
+
+* ``course`` (the default): the offline path every student runs, on a 2-core CPU.
+* ``tiny``: the same pipeline shrunk until it runs in seconds; used by the tests, and says so.
+
+The optional hub profile (gpt2, IMDB, HH-RLHF; needs internet and a GPU) is described in the README;
+it reuses the same code with hub loaders and is never part of the default path.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+from utils.language_model import LMConfig, LMTrainConfig
+from utils.reward_model import RewardModelConfig
+from utils.sft import SFTConfig
+from utils.tokenizer import TokenizerConfig
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Sizes and seeds of the datasets generated from the review world."""
+
+    lm_train_size: int = 60_000  # reviews for language-model training
+    lm_val_size: int = 2_000  # held-out reviews: NLL per review vs the source entropy
+    instruction_train_size: int = 6_000  # instruction rows for SFT
+    instruction_test_size: int = 300  # held-out instruction rows for ROUGE/BLEU
+    preference_train_size: int = 4_000  # labelled pairs for reward-model training
+    preference_test_size: int = 1_000  # held-out labelled pairs
+    rl_prompt_train_size: int = 2_048  # review openings for PPO
+    rl_prompt_test_size: int = 256  # held-out openings for evaluation
+    seed: int = 0  # every dataset derives its seed from this one
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if getattr(self, f.name) < (0 if f.name == "seed" else 1):
+                raise ValueError(f"DataConfig.{f.name} must be positive, got {getattr(self, f.name)}")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything that decides the numbers a run produces."""
+
+    name: str
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    lm: LMConfig = field(default_factory=LMConfig)
+    lm_train: LMTrainConfig = field(default_factory=LMTrainConfig)
+    grammar_samples: int = 500  # free samples drawn to measure the grammatical fraction
+    sft: SFTConfig = field(default_factory=SFTConfig)  # instruction tuning (utils.sft)
+    rm: RewardModelConfig = field(default_factory=RewardModelConfig)  # reward model (utils.reward_model)
+
+
+PROFILES: dict[str, Profile] = {
+    "course": Profile(name="course"),
+    # Tiny: a few hundred rows and a few dozen steps; the numbers it gives mean nothing.
+    "tiny": Profile(
+        name="tiny",
+        data=DataConfig(lm_train_size=2_000, lm_val_size=200, instruction_train_size=300,
+                        instruction_test_size=30, preference_train_size=300, preference_test_size=100,
+                        rl_prompt_train_size=64, rl_prompt_test_size=32),
+        tokenizer=TokenizerConfig(corpus_size=2_000),
+        lm=LMConfig(n_layer=2, n_head=2, n_embd=32, n_positions=256),
+        lm_train=LMTrainConfig(steps=30, batch_size=16, warmup_steps=5, eval_every=15, eval_batches=2),
+        grammar_samples=50,
+        sft=SFTConfig(epochs=1.0, batch_size=16, eval_max_new_tokens=48),
+        rm=RewardModelConfig(steps=30, batch_size=16, warmup_steps=5, eval_every=15, eval_pairs=64,
+                             normalisation_texts=200, encoder_n_embd=32, encoder_n_layer=1,
+                             encoder_n_head=2),
+    ),
+}
+
+
+def get_profile(name: str | None = None) -> Profile:
+    """The profile called ``name`` (default: ``$RLHF_PROFILE`` or ``course``)."""
+    name = name or os.environ.get("RLHF_PROFILE", "course")
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
+    return PROFILES[name]
