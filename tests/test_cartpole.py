@@ -35,15 +35,18 @@ def test_reinforce_loss_by_hand():
     returns = torch.tensor([1.75, 1.5, 1.0])  # gamma = 0.5
     logprobs = logprobs_from_logits(agent.actor(episode.observations), episode.actions)
 
-    loss_none, value_loss_none = reinforce_loss(agent, [episode], gamma=0.5, baseline="none")
+    loss_none, value_loss_none, weights_none = reinforce_loss(agent, [episode], gamma=0.5, baseline="none")
     assert_close(loss_none, -(logprobs * returns).mean())
     assert value_loss_none == 0
+    assert_close(weights_none, returns)
 
-    loss_mean, _ = reinforce_loss(agent, [episode], gamma=0.5, baseline="mean")
+    loss_mean, _, _ = reinforce_loss(agent, [episode], gamma=0.5, baseline="mean")
     assert_close(loss_mean, -(logprobs * (returns - returns.mean())).mean())
+    loss_fixed, _, _ = reinforce_loss(agent, [episode], gamma=0.5, baseline="mean", mean_baseline=1.0)
+    assert_close(loss_fixed, -(logprobs * (returns - 1.0)).mean())
 
     values = agent.get_value(episode.observations)
-    loss_value, value_loss = reinforce_loss(agent, [episode], gamma=0.5, baseline="value")
+    loss_value, value_loss, _ = reinforce_loss(agent, [episode], gamma=0.5, baseline="value")
     assert_close(loss_value, -(logprobs * (returns - values)).mean())
     assert_close(value_loss, 0.5 * ((values - returns) ** 2).mean())
     # The policy loss must not train the critic: its gradient w.r.t. the critic is zero.
@@ -89,10 +92,15 @@ def test_a_baseline_reduces_policy_gradient_variance():
     torch.manual_seed(2)
     agent = ActorCritic()
     before = [p.detach().clone() for p in agent.parameters()]
-    result = policy_gradient_variance(agent, num_episodes=32, seed=3, baselines=("none", "mean"))
+    rng_state = torch.get_rng_state()
+    result = policy_gradient_variance(agent, num_episodes=32, seed=3)
     # Returns are all positive, so without a baseline every action is pushed up: large, noisy gradients.
     assert result["mean"]["variance"] < 0.5 * result["none"]["variance"]
+    assert set(result) == {"none", "mean", "value"} and math.isfinite(result["value"]["variance"])
     assert all(torch.equal(a, b) for a, b in zip(before, agent.parameters()))
+    assert all(p.grad is None for p in agent.parameters())
+    assert torch.equal(torch.get_rng_state(), rng_state)
+    assert policy_gradient_variance(agent, num_episodes=32, seed=3) == result
 
 
 def test_reinforce_with_baseline_learns():

@@ -184,3 +184,10 @@ def test_committed_samples_equal_regenerated(tmp_path):
     committed = Path(__file__).resolve().parents[1] / "data"
     for name in rw.sample_files():
         assert (tmp_path / name).read_text() == (committed / name).read_text(), name
+
+
+def test_rejection_reason_explains():
+    assert rw.rejection_reason("the acting was superb.") is None
+    assert "polarity -1" in rw.rejection_reason("the acting was good, but the plot was great.")
+    assert "canonical" in rw.rejection_reason("The acting was superb.")
+    assert rw.rejection_reason("") == "empty text"

@@ -238,13 +238,19 @@ def rewards_to_go(rewards: torch.Tensor, gamma: float) -> torch.Tensor:
 
 
 def reinforce_loss(
-    agent: ActorCritic, episodes: Sequence[Episode], gamma: float, baseline: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(policy_loss, value_loss) of REINFORCE on a batch of episodes, averaged over all their steps.
+    agent: ActorCritic,
+    episodes: Sequence[Episode],
+    gamma: float,
+    baseline: str,
+    mean_baseline: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """REINFORCE on a batch of episodes; returns (policy_loss, value_loss, weights), averaged over all steps.
 
     policy_loss = -mean_t[log pi(a_t|s_t) * (G_t - b_t)]; its gradient is the policy-gradient estimate.
-    The baseline b_t does not change the expected gradient (E[grad log pi] = 0) but shrinks its variance.
-    value_loss regresses V(s_t) on G_t; it is 0 unless baseline='value'.
+    A baseline b_t that does not depend on a_t leaves the expected gradient unchanged (E[grad log pi] = 0)
+    but shrinks its variance. baseline='mean' uses b = `mean_baseline`, by default the mean G_t of this
+    batch; 'value' uses the critic's V(s_t), which value_loss (0 otherwise) regresses onto G_t.
+    weights (sum T,) are the detached G_t - b_t that multiplied each log-probability.
     """
     if baseline not in BASELINES:
         raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
@@ -252,18 +258,18 @@ def reinforce_loss(
     actions = torch.cat([e.actions for e in episodes])  # (sum T,)
     returns = torch.cat([rewards_to_go(e.rewards, gamma) for e in episodes])  # (sum T,)
 
-    logprobs = logprobs_from_logits(agent.actor(obs), actions)  # (sum T,)
     value_loss = torch.zeros(())
     if baseline == "none":
         weights = returns
     elif baseline == "mean":
-        weights = returns - returns.mean()
+        weights = returns - (returns.mean() if mean_baseline is None else mean_baseline)
     else:
         values = agent.get_value(obs)  # (sum T,)
         weights = returns - values.detach()  # the baseline must not receive policy gradient
         value_loss = 0.5 * ((values - returns) ** 2).mean()
+    logprobs = logprobs_from_logits(agent.actor(obs), actions)  # (sum T,)
     policy_loss = -(logprobs * weights).mean()
-    return policy_loss, value_loss
+    return policy_loss, value_loss, weights
 
 
 def train_reinforce(
@@ -271,8 +277,8 @@ def train_reinforce(
 ) -> tuple[ActorCritic, list[dict]]:
     """Train a policy with REINFORCE; returns (agent, history), one dict of diagnostics per iteration.
 
-    Each history row: iteration, episodes (so far), mean_return of this batch, policy_loss, value_loss,
-    weight_std (std of the weights G_t - b_t that multiply grad log pi: the noise a baseline removes).
+    Each history row: iteration, episodes (played so far), mean_return of this batch, policy_loss,
+    value_loss, weight_std (std of the G_t - b_t that multiply grad log pi: the noise a baseline removes).
     `progress`, if given, is called with every row as it is produced (e.g. to print or plot live).
     """
     with _torch_threads(config.torch_threads):
@@ -285,20 +291,11 @@ def train_reinforce(
         history: list[dict] = []
         for iteration in range(1, config.iterations + 1):
             episodes = [play_episode(agent, env) for _ in range(config.episodes_per_iteration)]
-            policy_loss, value_loss = reinforce_loss(agent, episodes, config.gamma, config.baseline)
+            policy_loss, value_loss, weights = reinforce_loss(agent, episodes, config.gamma, config.baseline)
             optimizer.zero_grad()
             (policy_loss + config.value_coef * value_loss).backward()
             optimizer.step()
 
-            with torch.no_grad():
-                returns = torch.cat([rewards_to_go(e.rewards, config.gamma) for e in episodes])
-                if config.baseline == "value":
-                    obs = torch.cat([e.observations for e in episodes])
-                    weights = returns - agent.get_value(obs)
-                elif config.baseline == "mean":
-                    weights = returns - returns.mean()
-                else:
-                    weights = returns
             row = {
                 "iteration": iteration,
                 "episodes": iteration * config.episodes_per_iteration,
@@ -323,42 +320,31 @@ def policy_gradient_variance(
 ) -> dict[str, dict[str, float]]:
     """Measure how noisy the one-episode REINFORCE gradient is at the agent's current parameters.
 
-    Plays `num_episodes` episodes once, then for every baseline computes each episode's gradient g_i of
-    the policy loss and reports {"variance": mean_i ||g_i - g_mean||^2 (trace of the covariance),
-    "mean_norm": ||g_mean||}. All baselines reuse the same episodes, so differences come from the
-    baseline alone; 'value' uses the agent's critic (train one first, or the comparison is meaningless).
-    The agent's parameters and .grad are left untouched.
+    Plays `num_episodes` episodes once, then for every baseline computes each episode's policy gradient
+    g_i and reports {"variance": mean_i ||g_i - g_mean||^2 (trace of the covariance), "mean_norm":
+    ||g_mean||}. All baselines reuse the same episodes, so differences come from the baseline alone;
+    'mean' subtracts the mean G_t of all the episodes, 'value' uses the agent's critic (train it first, or
+    the comparison is meaningless). Parameters, their .grad and the global torch RNG are left untouched.
     """
     if num_episodes < 2:
         raise ValueError(f"num_episodes must be >= 2 to estimate a variance, got {num_episodes!r}")
     for baseline in baselines:
         if baseline not in BASELINES:
             raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
-    torch_state = torch.get_rng_state()
-    torch.manual_seed(seed)
-    env = gym.make(ENV_ID)
-    env.reset(seed=seed)
-    episodes = [play_episode(agent, env) for _ in range(num_episodes)]
-    env.close()
-    torch.set_rng_state(torch_state)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        env = gym.make(ENV_ID)
+        env.reset(seed=seed)
+        episodes = [play_episode(agent, env) for _ in range(num_episodes)]
+        env.close()
 
+    batch_mean = torch.cat([rewards_to_go(e.rewards, gamma) for e in episodes]).mean().item()
     params = list(agent.actor.parameters())
     results: dict[str, dict[str, float]] = {}
     for baseline in baselines:
-        # The 'mean' baseline is the mean over the whole batch, as in training, not within one episode.
-        batch_mean = torch.cat([rewards_to_go(e.rewards, gamma) for e in episodes]).mean()
         grads = []
         for episode in episodes:
-            returns = rewards_to_go(episode.rewards, gamma)
-            logprobs = logprobs_from_logits(agent.actor(episode.observations), episode.actions)
-            if baseline == "none":
-                weights = returns
-            elif baseline == "mean":
-                weights = returns - batch_mean
-            else:
-                with torch.no_grad():
-                    weights = returns - agent.get_value(episode.observations)
-            loss = -(logprobs * weights).mean()
+            loss, _, _ = reinforce_loss(agent, [episode], gamma, baseline, mean_baseline=batch_mean)
             grads.append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)]))
         stacked = torch.stack(grads)  # (num_episodes, n_params)
         mean = stacked.mean(dim=0)

@@ -40,7 +40,8 @@ class LMTrainConfig:
     """How the base model is trained."""
 
     steps: int = 1200  # optimiser steps
-    batch_size: int = 64  # reviews per step
+    batch_size: int = 32  # rows per step
+    block_size: int = 64  # tokens per row: reviews are packed end to end, so no compute is spent on padding
     lr: float = 3e-3  # peak learning rate (tiny models tolerate large ones)
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     warmup_steps: int = 100  # linear warmup: Adam's second moments are unreliable at first
@@ -52,7 +53,7 @@ class LMTrainConfig:
     seed: int = 0  # model init and batch order
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "warmup_steps", "eval_every", "eval_batches"):
+        for name in ("steps", "batch_size", "block_size", "warmup_steps", "eval_every", "eval_batches"):
             if getattr(self, name) < (0 if name == "warmup_steps" else 1):
                 raise ValueError(f"LMTrainConfig.{name} must be positive, got {getattr(self, name)}")
         if self.lr <= 0:
@@ -93,6 +94,25 @@ def encode_reviews(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase) -> 
     return [ids + [eos] for ids in tokenizer(list(texts))["input_ids"]]
 
 
+def pack(sequences: Sequence[Sequence[int]]) -> torch.Tensor:
+    """One long token stream ``[BOS] r1 [EOS] r2 [EOS] ...`` (BOS and EOS are the same token).
+
+    Training on random windows of the stream (nanoGPT's ``get_batch``) wastes nothing on padding;
+    each EOS doubles as the BOS of the next review, exactly the context the model sees when it
+    generates a review from scratch.
+    """
+    stream = [sequences[0][0]] + [token for seq in sequences for token in seq[1:]]
+    return torch.tensor(stream, dtype=torch.long)
+
+
+def get_batch(stream: torch.Tensor, batch_size: int, block_size: int,
+              generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """``batch_size`` random windows of ``block_size`` tokens; labels are the inputs (HF shifts them)."""
+    starts = torch.randint(len(stream) - block_size, (batch_size,), generator=generator)
+    input_ids = torch.stack([stream[s:s + block_size] for s in starts.tolist()])  # (B, T)
+    return {"input_ids": input_ids, "labels": input_ids}
+
+
 def collate(sequences: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad to the longest sequence; labels are -100 on padding so the loss ignores it."""
     length = max(len(s) for s in sequences)
@@ -126,16 +146,14 @@ def nll_per_review(model: nn.Module, sequences: Sequence[Sequence[int]], pad_id:
 
 
 @torch.no_grad()
-def estimate_loss(model: nn.Module, splits: dict[str, Sequence[Sequence[int]]], pad_id: int,
-                  batches: int, batch_size: int, generator: torch.Generator) -> dict[str, float]:
+def estimate_loss(model: nn.Module, streams: dict[str, torch.Tensor], config: LMTrainConfig,
+                  generator: torch.Generator) -> dict[str, float]:
     """Mean per-token loss on a few random batches of each split (cheap, for the training log)."""
     model.eval()
     out = {}
-    for name, data in splits.items():
-        losses = []
-        for _ in range(batches):
-            idx = torch.randint(len(data), (batch_size,), generator=generator).tolist()
-            losses.append(model(**collate([data[i] for i in idx], pad_id)).loss.item())
+    for name, stream in streams.items():
+        losses = [model(**get_batch(stream, config.batch_size, config.block_size, generator)).loss.item()
+                  for _ in range(config.eval_batches)]
         out[name] = sum(losses) / len(losses)
     model.train()
     return out
@@ -150,7 +168,7 @@ def make_optimizer(model: nn.Module, config: LMTrainConfig) -> torch.optim.AdamW
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
 
 
-def train_lm(model: nn.Module, train: Sequence[Sequence[int]], val: Sequence[Sequence[int]], pad_id: int,
+def train_lm(model: nn.Module, train: Sequence[Sequence[int]], val: Sequence[Sequence[int]],
              config: LMTrainConfig, progress: bool = True,
              callback: Callable[[int, dict], None] | None = None) -> list[dict]:
     """Train ``model`` in place; returns the log (one dict per evaluation).
@@ -159,6 +177,7 @@ def train_lm(model: nn.Module, train: Sequence[Sequence[int]], val: Sequence[Seq
     """
     set_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
+    streams = {"train": pack(train), "val": pack(val)}
     optimizer = make_optimizer(model, config)
     model.train()
     log: list[dict] = []
@@ -167,15 +186,13 @@ def train_lm(model: nn.Module, train: Sequence[Sequence[int]], val: Sequence[Seq
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = get_lr(step, config)
-        idx = torch.randint(len(train), (config.batch_size,), generator=generator).tolist()
-        loss = model(**collate([train[i] for i in idx], pad_id)).loss
+        loss = model(**get_batch(streams["train"], config.batch_size, config.block_size, generator)).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         if (step + 1) % config.eval_every == 0 or step == config.steps - 1:
-            losses = estimate_loss(model, {"train": train, "val": val}, pad_id, config.eval_batches,
-                                   config.batch_size, generator)
+            losses = estimate_loss(model, streams, config, generator)
             record = {"step": step + 1, "lr": get_lr(step, config), "grad_norm": grad_norm.item(),
                       "train_loss": losses["train"], "val_loss": losses["val"],
                       "seconds": time.perf_counter() - start}

@@ -127,7 +127,7 @@ def base_lm_dir(profile: Profile | None = None, progress: bool = True) -> Path:
         val = encode_reviews([r["text"] for r in val_rows], tokenizer)
         model = build_model(profile.lm, tokenizer, seed=profile.lm_train.seed)
         start = time.perf_counter()
-        log = train_lm(model, train, val, tokenizer.pad_token_id, profile.lm_train, progress=progress)
+        log = train_lm(model, train, val, profile.lm_train, progress=progress)
         seconds = time.perf_counter() - start
         model.save_pretrained(str(folder))
         tokenizer.save_pretrained(str(folder))
@@ -170,11 +170,41 @@ def _lm_stage(profile: Profile) -> dict:
     return {f"lm.{k}": v for k, v in read_meta(base_lm_dir(profile)).items()}
 
 
-# Stage name -> function returning its metrics. Later parts of the course register theirs here.
+# The later stages live in their own modules, which import this one for the loaders above; importing
+# them lazily keeps the dependency one-way.
+def _sft_stage(profile: Profile) -> dict:
+    from utils.sft import sft_stage
+
+    return sft_stage(profile)
+
+
+def _rm_stage(profile: Profile) -> dict:
+    from utils.reward_model import rm_stage
+
+    return rm_stage(profile)
+
+
+def _ppo_stage(profile: Profile) -> dict:
+    from utils.ppo import ppo_stage
+
+    return ppo_stage(profile)
+
+
+def _eval_stage(profile: Profile) -> dict:
+    from utils.evaluation import eval_stage
+
+    return eval_stage(profile)
+
+
+# Stage name -> function returning its metrics, in the order the pipeline runs them.
 STAGES: dict[str, Callable[[Profile], dict]] = {
     "data": _data_stage,
     "tokenizer": _tokenizer_stage,
     "lm": _lm_stage,
+    "sft": _sft_stage,
+    "rm": _rm_stage,
+    "ppo": _ppo_stage,
+    "eval": _eval_stage,
 }
 
 

@@ -62,7 +62,7 @@ PROFILES: dict[str, Profile] = {
                         rl_prompt_train_size=64, rl_prompt_test_size=32),
         tokenizer=TokenizerConfig(corpus_size=2_000),
         lm=LMConfig(n_layer=2, n_head=2, n_embd=32, n_positions=256),
-        lm_train=LMTrainConfig(steps=30, batch_size=16, warmup_steps=5, eval_every=15, eval_batches=2),
+        lm_train=LMTrainConfig(steps=30, batch_size=8, block_size=32, warmup_steps=5, eval_every=15, eval_batches=2),
         grammar_samples=50,
         sft=SFTConfig(epochs=1.0, batch_size=16, eval_max_new_tokens=48),
         rm=RewardModelConfig(steps=30, batch_size=16, warmup_steps=5, eval_every=15, eval_pairs=64,

@@ -412,6 +412,20 @@ def parse(text: str, config: GrammarConfig | None = None) -> ParsedReview | None
         return None
 
 
+def rejection_reason(text: str, config: GrammarConfig | None = None) -> str | None:
+    """Why the grammar rejects ``text`` (None if it accepts it): handy for reading model samples."""
+    words = split_words(text)
+    if not words:
+        return "empty text"
+    if render(words) != text:
+        return "not in canonical form (lower case, single spaces, punctuation attached)"
+    try:
+        _Parser(words, config or GrammarConfig()).review(text)
+    except _Reject as err:
+        return str(err)
+    return None
+
+
 def is_grammatical(text: str) -> bool:
     return parse(text) is not None
 

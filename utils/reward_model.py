@@ -127,8 +127,9 @@ def build_gpt_reward_model(lm: nn.Module, pad_token_id: int, seed: int = 0) -> G
     (``num_labels=1``: one scalar per text). The LM head is dropped; the head ``score`` (no bias: a
     constant would cancel in every difference anyway) starts near zero, so all rewards start near 0.
     """
-    config = lm.config.__class__.from_dict({**lm.config.to_dict(), "num_labels": 1, "pad_token_id": pad_token_id})
-    config.architectures = ["GPT2ForSequenceClassification"]
+    fields = {k: v for k, v in lm.config.to_dict().items() if k not in ("id2label", "label2id")}
+    config = lm.config.__class__.from_dict({**fields, "num_labels": 1, "pad_token_id": pad_token_id,
+                                            "architectures": ["GPT2ForSequenceClassification"]})
     set_seed(seed)
     model = GPT2ForSequenceClassification(config)
     model.transformer.load_state_dict(lm.transformer.state_dict())
@@ -515,6 +516,7 @@ def annotator_config(profile: Profile) -> rw.AnnotatorConfig:
 
 
 def _rm_key(profile: Profile) -> dict:
+    """What the RM artifact depends on: the model it starts from (and all upstream of it) and our config."""
     from utils import pipeline
     from utils.sft import _sft_key
 

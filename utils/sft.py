@@ -368,6 +368,7 @@ def evaluate_instructions(model: nn.Module, tokenizer: PreTrainedTokenizerBase, 
 # Pipeline stage
 # ------------------------------------------------------------------------------------------------
 def _sft_key(profile: Profile) -> dict:
+    """What the SFT artifact depends on: everything upstream (data, tokenizer, base LM) and our config."""
     from utils import pipeline
 
     return {**pipeline._lm_key(profile), "sft": profile.sft}

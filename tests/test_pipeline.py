@@ -1,0 +1,52 @@
+"""The pipeline's contract: clear errors for bad names, metrics merged atomically, stages cached."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from utils import pipeline
+from utils.profiles import get_profile
+
+
+def test_unknown_profile_names_the_choices():
+    with pytest.raises(ValueError, match=r"unknown profile 'huge'.*course.*tiny"):
+        get_profile("huge")
+
+
+def test_unknown_stage_names_the_choices(tiny_results):
+    with pytest.raises(ValueError, match=r"unknown stage\(s\) \['fly'\].*'data'"):
+        pipeline.run(["data", "fly"], "tiny")
+
+
+def test_cli_reports_bad_input_and_exits_2(tiny_results, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        pipeline.main(["--profile", "huge"])
+    assert exit_info.value.code == 2
+    assert "unknown profile 'huge'" in capsys.readouterr().err
+
+
+def test_unknown_dataset_name(tiny_profile):
+    with pytest.raises(ValueError, match="unknown dataset 'reviews'"):
+        pipeline.load_dataset_rows("reviews", tiny_profile)
+
+
+def test_metrics_are_merged_not_overwritten(tiny_results):
+    path = pipeline.metrics_path()
+    path.unlink(missing_ok=True)
+    pipeline.update_metrics({"a.x": 1})
+    pipeline.update_metrics({"b.y": 2})
+    assert json.loads(path.read_text()) == {"a.x": 1, "b.y": 2}
+
+
+def test_data_stage_formats_and_determinism(tiny_profile):
+    folder = pipeline.data_dir(tiny_profile)
+    assert pipeline.data_dir(tiny_profile) == folder  # cached: same folder, not rebuilt
+    prefs = pipeline.load_dataset_rows("preferences_train", tiny_profile)
+    assert len(prefs) == tiny_profile.data.preference_train_size
+    assert all(set(r) == {"prompt", "chosen", "rejected"} for r in prefs)
+    instructions = pipeline.load_dataset_rows("instructions_train", tiny_profile)
+    assert all(set(r) == {"prompt", "completion", "task"} for r in instructions)
+    # A stage run twice reports the same figures: the second run loads the cached artifact.
+    assert pipeline.run(["data"], "tiny")["data.source_entropy_per_review"] == \
+        pipeline.run(["data"], "tiny")["data.source_entropy_per_review"]
