@@ -63,8 +63,8 @@ def test_probabilities_of_short_reviews_sum_to_their_share():
     "The acting was superb.",  # not canonical (capital)
     "the acting was  superb.",  # double space
     "the acting was superb .",  # detached punctuation
-    "the acting was good, but the plot was great.",  # "but" needs opposite polarity
-    "the acting was good and the plot was awful.",  # "and" needs the same polarity
+    "the acting was good but the plot was great.",  # "but" needs its comma
+    "the acting was good and.",  # "and" needs a second clause
     "overall, a great film.",  # a verdict alone is not a review
     "the acting was superb. overall, a great film. the plot was dull.",  # text after the verdict
     "the acting was superb. the acting was superb. the acting was superb. the acting was superb. "
@@ -76,6 +76,19 @@ def test_recogniser_rejects(text):
     assert rw.parse(text) is None
     assert rw.gold_reward(text) == rw.UNGRAMMATICAL_REWARD
     assert rw.log_prob(text) == -math.inf
+
+
+def test_connective_agreement_is_likely_not_required():
+    """'but' usually joins opposite sentiments; the other polarity is possible, just 9 times rarer."""
+    agree = rw.GrammarConfig().connective_agreement_prob
+    contrast = rw.log_prob("the acting was good, but the plot was dull.")
+    same = rw.log_prob("the acting was good, but the plot was solid.")
+    adj = {w: weight for w, weight, _ in rw.ADJECTIVES[1] + rw.ADJECTIVES[-1]}
+    pos_total = sum(w for _, w, _ in rw.ADJECTIVES[1])
+    neg_total = sum(w for _, w, _ in rw.ADJECTIVES[-1])
+    expected_gap = (math.log(agree) + math.log(adj["dull"] / neg_total)) - (
+        math.log(1 - agree) + math.log(adj["solid"] / pos_total))
+    assert contrast - same == pytest.approx(expected_gap)
 
 
 def test_gold_reward_by_hand():
@@ -188,6 +201,6 @@ def test_committed_samples_equal_regenerated(tmp_path):
 
 def test_rejection_reason_explains():
     assert rw.rejection_reason("the acting was superb.") is None
-    assert "polarity -1" in rw.rejection_reason("the acting was good, but the plot was great.")
+    assert "expected ','" in rw.rejection_reason("the acting was superb")
     assert "canonical" in rw.rejection_reason("The acting was superb.")
     assert rw.rejection_reason("") == "empty text"

@@ -133,9 +133,9 @@ def run(config: BenchConfig) -> dict:
                          pad_token_id=1, eos_token_id=0, value_model=value_model)
     trainable = sum(p.numel() for p in trainer.params)
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     log = trainer.train(progress=False)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
 
     episodes = config.episodes // config.batch_size * config.batch_size
     tokens = sum(row["val/response_length"] * config.batch_size for row in log)
@@ -152,7 +152,9 @@ def run(config: BenchConfig) -> dict:
         "load_average_1min": [load_before, os.getloadavg()[0]],
         "matmul_gflops": gflops_peak,
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "episodes_per_second": episodes / seconds,
+        "episodes_per_cpu_second": episodes / cpu_seconds,
         "tokens_per_second": tokens / seconds,
         "first_update_seconds": log[0]["time/update"],
         "episodes_per_second_after_first_update": (episodes - config.batch_size) / (seconds - log[0]["time/update"])
@@ -180,6 +182,8 @@ def report(result: dict) -> str:
         f"episodes/s: {result['episodes_per_second']:.1f}  (after the first update: "
         f"{result['episodes_per_second_after_first_update']:.1f}; ceiling at matmul speed: "
         f"{result['ceiling_episodes_per_second']:.1f})",
+        f"episodes per CPU-second: {result['episodes_per_cpu_second']:.1f} (CPU time of all threads; on a busy "
+        f"machine with 1 thread, about the wall-clock speed the idle machine would give)",
         f"tokens/s: {result['tokens_per_second']:.0f}",
         f"peak RSS: {result['peak_rss_mb']:.0f} MB",
         f"FLOPs per completion: {result['gflop_per_completion']:.2f} GFLOP -> {result['achieved_gflops']:.1f} GFLOP/s "

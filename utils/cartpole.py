@@ -362,13 +362,18 @@ def policy_gradient_variance(
 
 @dataclass
 class PPOConfig:
-    """Hyperparameters of PPO on CartPole-v1 (tuned to solve it in about 100k steps)."""
+    """Hyperparameters of PPO on CartPole-v1.
+
+    Tuned to solve CartPole (greedy evaluation >= 475) in 80k steps, about 20 s on two CPU cores; they
+    follow rl-baselines3-zoo's CartPole settings (short rollouts, many epochs, gamma 0.98, lambda 0.8,
+    lr 1e-3 annealed) with 16 environments and CleanRL's entropy bonus for stability after solving.
+    """
 
     seed: int = 1
     """Seeds torch (init, action sampling, minibatch order) and the environments (seed, seed+1, ...)."""
-    total_timesteps: int = 100_000
+    total_timesteps: int = 80_000
     """Environment steps over the whole run, summed over all parallel environments."""
-    num_envs: int = 8
+    num_envs: int = 16
     """Parallel CartPoles in the SyncVectorEnv: more of them decorrelate the samples in a batch."""
     num_steps: int = 32
     """Steps per environment per rollout; the batch is num_envs * num_steps transitions."""
@@ -381,7 +386,7 @@ class PPOConfig:
     gae_lambda: float = 0.8
     """GAE's lambda: 0 trusts the critic fully (TD), 1 uses raw Monte-Carlo returns."""
     num_minibatches: int = 1
-    """Minibatches per epoch; batch_size must divide evenly."""
+    """Minibatches per epoch (1: each gradient step sees the whole batch); must divide batch_size."""
     update_epochs: int = 20
     """Passes over each rollout: reusing data is what the clipping makes safe."""
     norm_adv: bool = True
@@ -391,8 +396,9 @@ class PPOConfig:
     clip_vloss: bool = False
     """Clip the value update to +-clip_coef around the rollout's values (CleanRL's default is True; it slows
     the critic down when returns are in the tens, as here)."""
-    ent_coef: float = 0.0
-    """Weight of the entropy bonus that keeps the policy exploring (CartPole needs little exploration)."""
+    ent_coef: float = 0.01
+    """Weight of the entropy bonus. It keeps the policy from turning deterministic too early and keeps a
+    solved policy from drifting into collapse once every advantage is just noise."""
     vf_coef: float = 0.5
     """Weight of the value loss in the total loss."""
     max_grad_norm: float = 0.5

@@ -39,17 +39,17 @@ DATA_FILES = ("lm_train", "lm_val", "instructions_train", "instructions_test", "
 
 
 def _build_data(profile: Profile, folder: Path) -> dict:
-    d = profile.data
+    d, g = profile.data, profile.grammar
     s = d.seed
     datasets = {
-        "lm_train": rw.lm_corpus(d.lm_train_size, seed=s + 1),
-        "lm_val": rw.lm_corpus(d.lm_val_size, seed=s + 2),
-        "instructions_train": rw.instruction_pairs(d.instruction_train_size, seed=s + 3),
-        "instructions_test": rw.instruction_pairs(d.instruction_test_size, seed=s + 4),
-        "preferences_train": rw.preference_pairs(d.preference_train_size, seed=s + 5),
-        "preferences_test": rw.preference_pairs(d.preference_test_size, seed=s + 6),
-        "rl_prompts_train": rw.rl_prompts(d.rl_prompt_train_size, seed=s + 7),
-        "rl_prompts_test": rw.rl_prompts(d.rl_prompt_test_size, seed=s + 8),
+        "lm_train": rw.lm_corpus(d.lm_train_size, seed=s + 1, config=g),
+        "lm_val": rw.lm_corpus(d.lm_val_size, seed=s + 2, config=g),
+        "instructions_train": rw.instruction_pairs(d.instruction_train_size, seed=s + 3, config=g),
+        "instructions_test": rw.instruction_pairs(d.instruction_test_size, seed=s + 4, config=g),
+        "preferences_train": rw.preference_pairs(d.preference_train_size, seed=s + 5, config=g),
+        "preferences_test": rw.preference_pairs(d.preference_test_size, seed=s + 6, config=g),
+        "rl_prompts_train": rw.rl_prompts(d.rl_prompt_train_size, seed=s + 7, config=g),
+        "rl_prompts_test": rw.rl_prompts(d.rl_prompt_test_size, seed=s + 8, config=g),
     }
     for name, rows in datasets.items():
         write_jsonl(folder / f"{name}.jsonl", rows)
@@ -57,10 +57,14 @@ def _build_data(profile: Profile, folder: Path) -> dict:
     return {"source_entropy_per_review": entropy, "source_entropy_stderr": stderr}
 
 
+def _data_key(profile: Profile) -> dict:
+    return {"data": profile.data, "grammar": profile.grammar}
+
+
 def data_dir(profile: Profile | None = None) -> Path:
     """Folder of the generated datasets (JSONL in TRL's formats), built on first use."""
     profile = profile or get_profile()
-    return get_or_build("data", profile.data, lambda folder: _build_data(profile, folder))
+    return get_or_build("data", _data_key(profile), lambda folder: _build_data(profile, folder))
 
 
 def load_dataset_rows(name: str, profile: Profile | None = None) -> list[dict]:
@@ -74,7 +78,7 @@ def load_dataset_rows(name: str, profile: Profile | None = None) -> list[dict]:
 # Stage: tokenizer
 # ------------------------------------------------------------------------------------------------
 def _tokenizer_key(profile: Profile) -> dict:
-    return {"tokenizer": profile.tokenizer, "data": profile.data}
+    return {"tokenizer": profile.tokenizer, **_data_key(profile)}
 
 
 def tokenizer_dir(profile: Profile | None = None) -> Path:

@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass, field
 
 from utils.language_model import LMConfig, LMTrainConfig
+from utils.review_world import GrammarConfig
+from utils.ppo import PPOConfig
 from utils.reward_model import RewardModelConfig
 from utils.sft import SFTConfig
 from utils.tokenizer import TokenizerConfig
@@ -43,6 +45,7 @@ class Profile:
     """Everything that decides the numbers a run produces."""
 
     name: str
+    grammar: GrammarConfig = field(default_factory=GrammarConfig)
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     lm: LMConfig = field(default_factory=LMConfig)
@@ -50,6 +53,7 @@ class Profile:
     grammar_samples: int = 500  # free samples drawn to measure the grammatical fraction
     sft: SFTConfig = field(default_factory=SFTConfig)  # instruction tuning (utils.sft)
     rm: RewardModelConfig = field(default_factory=RewardModelConfig)  # reward model (utils.reward_model)
+    ppo: PPOConfig = field(default_factory=PPOConfig)  # RLHF with PPO (utils.ppo)
 
 
 PROFILES: dict[str, Profile] = {
@@ -68,6 +72,7 @@ PROFILES: dict[str, Profile] = {
         rm=RewardModelConfig(steps=30, batch_size=16, warmup_steps=5, eval_every=15, eval_pairs=64,
                              normalisation_texts=200, encoder_n_embd=32, encoder_n_layer=1,
                              encoder_n_head=2),
+        ppo=PPOConfig(total_episodes=64, batch_size=16, num_minibatches=2, ppo_epochs=2, response_length=24),
     ),
 }
 

@@ -14,12 +14,16 @@ The language is a probabilistic grammar::
 
     review    := sentence{1..4} [closing]
     sentence  := clause(p) "."                         (simple)
-               | clause(p) "and" clause(p) "."         (same polarity)
-               | clause(p) ", but" clause(-p) "."      (contrast: the second clause wins)
-               | "although" clause(p) "," clause(-p) "."
+               | clause(p) "and" clause(q) "."         (usually q = p)
+               | clause(p) ", but" clause(q) "."       (usually q = -p; the second clause wins)
+               | "although" clause(p) "," clause(q) "."  (usually q = -p)
     clause(p) := "the" ASPECT "was" ADJ(p) | "the" ASPECT "felt" ADJ(p)
                | "the" ASPECT "was" DEGREE ADJ(p) | "i" VERB(p) "the" ASPECT
     closing   := "overall, a" ADJ(q) "film." | "i would recommend it." | "i would not recommend it."
+
+The connective sets the *likely* polarity of the second clause ("and" agrees, "but" and "although"
+contrast) with probability ``GrammarConfig.connective_agreement_prob``; the other polarity stays possible,
+so a model that has not yet learned the agreement writes unlikely reviews, not broken ones.
 
 Every word list is disjoint from the others, so each string has exactly one derivation: its
 probability is the product of the choices that produced it, and the recogniser (a small
@@ -84,13 +88,16 @@ class GrammarConfig:
     clause_form_probs: tuple[float, float, float, float] = (0.40, 0.15, 0.15, 0.30)
     # P(closing form): "overall, a ADJ film." vs "i would (not) recommend it.".
     closing_film_prob: float = 0.6
+    # P(the second clause of a two-clause sentence has the polarity its connective suggests:
+    # the same for "and", the opposite for "but" and "although").
+    connective_agreement_prob: float = 0.9
 
     def __post_init__(self) -> None:
         for name in ("sentence_count_probs", "sentence_form_probs", "clause_form_probs"):
             probs = getattr(self, name)
             if any(p < 0 for p in probs) or abs(sum(probs) - 1.0) > 1e-9:
                 raise ValueError(f"GrammarConfig.{name} must be non-negative and sum to 1, got {probs}")
-        for name in ("closing_prob", "closing_film_prob"):
+        for name in ("closing_prob", "closing_film_prob", "connective_agreement_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"GrammarConfig.{name} must be in [0, 1], got {getattr(self, name)}")
 
@@ -222,8 +229,14 @@ class ReviewGenerator:
         name = SENTENCE_FORMS[form]
         if name == "simple":
             return [*first, "."], lp + lp1
-        second, lp2 = self._clause(polarity if name == "and" else -polarity)
-        lp += lp1 + lp2
+        suggested = polarity if name == "and" else -polarity
+        agree = self.config.connective_agreement_prob
+        if self.rng.random() < agree:
+            second_polarity, lp_agree = suggested, math.log(agree)
+        else:
+            second_polarity, lp_agree = -suggested, math.log(1.0 - agree)
+        second, lp2 = self._clause(second_polarity)
+        lp += lp1 + lp_agree + lp2
         if name == "and":
             return [*first, "and", *second, "."], lp
         if name == "but":
@@ -328,14 +341,19 @@ class _Parser:
                 return Clause(aspect, p, value), lp + lp_a + lp_adj
         raise _Reject(f"expected an adjective of polarity {polarity} at word {self.pos}, found {self.peek()!r}")
 
+    def agreement_log_prob(self, suggested: int, actual: int) -> float:
+        agree = self.config.connective_agreement_prob
+        return math.log(agree if actual == suggested else 1.0 - agree)
+
     def sentence(self) -> tuple[list[Clause], str, float]:
         probs = dict(zip(SENTENCE_FORMS, self.config.sentence_form_probs))
         if self.peek() == "although":
             self.pos += 1
             first, lp1 = self.clause(None)
             self.expect(",")
-            second, lp2 = self.clause(-first.polarity)
+            second, lp2 = self.clause(None)
             self.expect(".")
+            lp2 += self.agreement_log_prob(-first.polarity, second.polarity)
             return [first, second], "although", math.log(probs["although"]) + _LOG_HALF + lp1 + lp2
         first, lp1 = self.clause(None)
         if self.peek() == ".":
@@ -343,12 +361,12 @@ class _Parser:
             return [first], "simple", math.log(probs["simple"]) + _LOG_HALF + lp1
         if self.peek() == "and":
             self.pos += 1
-            second, lp2 = self.clause(first.polarity)
-            form = "and"
+            form, suggested = "and", first.polarity
         else:
             self.expect(",", "but")
-            second, lp2 = self.clause(-first.polarity)
-            form = "but"
+            form, suggested = "but", -first.polarity
+        second, lp2 = self.clause(None)
+        lp2 += self.agreement_log_prob(suggested, second.polarity)
         self.expect(".")
         return [first, second], form, math.log(probs[form]) + _LOG_HALF + lp1 + lp2
 

@@ -1,0 +1,77 @@
+"""Two processes must make the same PPO update as one process with the same global batch.
+
+The worker (tests/ppo_multiprocess_worker.py) trains two tiny configurations; we run it once in this
+process and once under ``torch.distributed.run`` with 2 CPU processes (gloo), then compare every parameter.
+Skipped, with the reason, where processes cannot be launched or cannot talk to each other.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = ROOT / "tests" / "ppo_multiprocess_worker.py"
+TIME_STATS = ("eps", "tokens_per_second", "time/")
+
+
+def launch_two_processes(out_path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(WORKER), str(out_path)]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+
+
+@pytest.fixture(scope="module")
+def two_process_results(tmp_path_factory):
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("torch.distributed with the gloo backend is not available in this build of PyTorch")
+    out_path = tmp_path_factory.mktemp("ppo_mp") / "two.pt"
+    try:
+        result = launch_two_processes(out_path)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        pytest.skip(f"could not launch 2 processes: {err}")
+    if result.returncode != 0:
+        if any(s in result.stderr for s in ("Address family not supported", "Permission denied",
+                                            "Cannot assign requested address", "errno: 97", "errno: 99")):
+            pytest.skip(f"processes cannot connect on this machine: {result.stderr.strip().splitlines()[-1]}")
+        pytest.fail(f"the 2-process run failed:\n{result.stderr[-4000:]}")
+    return torch.load(out_path, weights_only=False)
+
+
+@pytest.fixture(scope="module")
+def one_process_results():
+    sys.path.insert(0, str(WORKER.parent))
+    try:
+        import ppo_multiprocess_worker as worker
+    finally:
+        sys.path.remove(str(WORKER.parent))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return {name: worker.run(name) for name in worker.CONFIGS}
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("name", ["head", "model"])
+def test_two_processes_make_the_same_updates_as_one(name, one_process_results, two_process_results):
+    one, two = one_process_results[name], two_process_results[name]
+    assert one["state"].keys() == two["state"].keys()
+    for key, value in one["state"].items():
+        torch.testing.assert_close(two["state"][key], value, rtol=1e-4, atol=1e-5, msg=f"parameter {key}")
+    # The update moved the parameters (otherwise the comparison above proves nothing) ...
+    assert one["log"][-1]["update"] == 2 and abs(one["log"][-1]["loss/policy_avg"]) > 0
+    # ... and every logged statistic is the global one.
+    for row_one, row_two in zip(one["log"], two["log"]):
+        for key, value in row_one.items():
+            if key.startswith(TIME_STATS):
+                continue
+            # A clip fraction counts tokens on either side of a threshold: float rounding (sums in another
+            # order) may move one token across it, so allow one token in a hundred.
+            tolerance = dict(abs=1e-2) if "clipfrac" in key else dict(rel=1e-4, abs=1e-5)
+            assert row_two[key] == pytest.approx(value, **tolerance), key
