@@ -71,7 +71,30 @@ def test_failed_build_leaves_nothing_behind(results):
     with pytest.raises(RuntimeError):
         artifacts.get_or_build("toy", ToyConfig(), broken)
     assert not artifacts.artifact_dir("toy", ToyConfig()).exists()
-    assert list((results / "artifacts").iterdir()) == []  # no temporary folder left either
+    leftovers = [p.name for p in (results / "artifacts").iterdir() if not p.name.endswith(".lock")]
+    assert leftovers == []  # no temporary folder left either
+
+
+def test_concurrent_builders_build_once(results):
+    """Two notebooks asking for the same artifact at once: one builds, the other waits and loads."""
+    import threading
+    import time
+
+    calls = []
+
+    def slow_build(folder):
+        calls.append(folder)
+        time.sleep(0.3)
+        (folder / "x.txt").write_text("x")
+
+    folders = []
+    threads = [threading.Thread(target=lambda: folders.append(
+        artifacts.get_or_build("toy", ToyConfig(9), slow_build))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(set(folders)) == 1 and artifacts.is_complete(folders[0])
 
 
 def test_atomic_write_and_jsonl_round_trip(tmp_path):

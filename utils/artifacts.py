@@ -9,6 +9,7 @@ detected, reported and rebuilt, never loaded. So any notebook can run alone, and
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
@@ -104,12 +105,25 @@ def get_or_build(stage: str, config: Any, build: Callable[[Path], dict | None]) 
     (e.g. training time) that is stored in the manifest; see :func:`read_meta`.
     """
     final = artifact_dir(stage, config)
+    if final.exists() and is_complete(final):
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # One builder at a time per artifact: a second process (another notebook, a test run) waits here,
+    # then finds the finished artifact instead of building it again.
+    with open(final.parent / f".{final.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return _build_locked(final, config, build)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _build_locked(final: Path, config: Any, build: Callable[[Path], dict | None]) -> Path:
     if final.exists():
         if is_complete(final):
             return final
         logger.warning("artifact %s is partial or corrupt; rebuilding it", final)
         shutil.rmtree(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-"))
     try:
         if dataclasses.is_dataclass(config):
