@@ -284,3 +284,22 @@ def test_eval_stage_tiny(tiny_profile, tiny_results):
     assert (tiny_results / "figures" / "11_overoptimisation.png").is_file()
     assert len(ev.load_sweep(tiny_profile)) == len(ev.TINY_EVAL.sweep.betas)
     assert ev.eval_stage(tiny_profile) == metrics  # cached: the second call recomputes nothing
+
+
+def test_health_report_flags_what_went_wrong():
+    def row(kl, entropy, length, eos, clipfrac, ev_):
+        return {"objective/kl": kl, "objective/entropy": entropy, "val/response_length": length,
+                "val/eos_fraction": eos, "policy/clipfrac_avg": clipfrac, "val/explained_variance": ev_}
+
+    healthy = [row(0.0, 40.0, 20.0, 1.0, 0.05, 0.1)] + [row(4.0, 35.0, 22.0, 0.98, 0.1, 0.6)] * 9
+    assert all(r["ok"] for r in ev.health_report(healthy))
+    # A hacked run: KL explodes, entropy collapses, answers triple in length and stop ending.
+    hacked = healthy[:9] + [row(25.0, 10.0, 60.0, 0.5, 0.4, -0.5)]
+    report = {r["check"]: r for r in ev.health_report(hacked)}
+    assert not any(r["ok"] for r in report.values())
+    assert report["KL to the reference"]["start"] == 0.0 and report["KL to the reference"]["end"] == 25.0
+    # Averaging the last 30% of 10 updates: (4 + 4 + 25) / 3 = 11 > 10, still flagged.
+    tail = {r["check"]: r for r in ev.health_report(hacked, ev.HealthThresholds(tail=0.3))}
+    assert tail["KL to the reference"]["end"] == pytest.approx(11.0) and not tail["KL to the reference"]["ok"]
+    with pytest.raises(ValueError, match="no 'objective/kl'"):
+        ev.health_report([{"episode": 1}])

@@ -14,7 +14,7 @@ import pytest
 import scipy.stats
 import torch
 import torch.nn.functional as F
-from transformers import BertForSequenceClassification, GPT2ForSequenceClassification
+from transformers import BertForSequenceClassification, GPT2ForSequenceClassification, TrainerCallback
 
 from utils import review_world as rw
 from utils import reward_model as rm
@@ -168,33 +168,58 @@ def test_batch_indices_are_epochs_of_permutations():
     assert rm.batch_indices(10, 4, 6, shuffle=True, seed=0) == batches  # seeded
 
 
+class FirstGradients(TrainerCallback):
+    """Keeps a copy of the (clipped) gradients TRL's loop is about to apply at its first step."""
+
+    def __init__(self):
+        self.gradients: dict[str, torch.Tensor] | None = None
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if self.gradients is None:
+            self.gradients = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+
+
 def test_our_loop_matches_trl_reward_trainer(tokenizer, preference_rows, tmp_path):
+    """Same initial weights, same batches, same optimiser and schedule -> same gradients and losses.
+
+    Parameters are not compared after the AdamW steps: our loss and TRL's ``F.logsigmoid`` round
+    differently in the last bit, and Adam divides each gradient by its own running scale, which blows
+    that rounding up into full-size steps on elements whose gradient is ~0 (e.g. the final LayerNorm
+    bias, which shifts every reward equally and so cancels in r_chosen - r_rejected). The losses, which
+    depend on all the weights, agree to 1e-5 for every step.
+    """
     config = rm.RewardModelConfig(steps=5, batch_size=8, lr=3e-3, warmup_steps=2, shuffle=False,
                                   eval_every=5, eval_pairs=8, weight_decay=0.1)
-    ours, theirs = tiny_gpt_rm(tokenizer, seed=0), tiny_gpt_rm(tokenizer, seed=0)  # identical weights
     pairs = rm.encode_pairs(preference_rows, tokenizer)
+
+    ours = tiny_gpt_rm(tokenizer, seed=0)
     log = rm.train_reward_model(ours, pairs, pairs, tokenizer.pad_token_id, config)
     our_losses = [loss for record in log for loss in record["step_losses"]]
+    first_step = tiny_gpt_rm(tokenizer, seed=0)  # our first step by hand, to compare gradients
+    loss = rm.bradley_terry_loss(*rm.pair_rewards(first_step, rm.collate_pairs(pairs[:8], tokenizer.pad_token_id)))
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(first_step.parameters(), config.grad_clip)
 
+    theirs = tiny_gpt_rm(tokenizer, seed=0)  # identical weights
     optimizer = rm.make_optimizer(theirs, config.lr, config.weight_decay, config.betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: rm.lr_at(step, config) / config.lr)
     trainer = rm.build_trl_reward_trainer(theirs, tokenizer, preference_rows, config, tmp_path,
                                           optimizers=(optimizer, scheduler))
+    recorder = FirstGradients()
+    trainer.add_callback(recorder)
     # TRL tokenized prompt + chosen + EOS exactly as we did
     assert trainer.train_dataset[0]["chosen_ids"] == pairs[0][0]
     assert trainer.train_dataset[0]["rejected_ids"] == pairs[0][1]
     trainer.train()
     trl_losses = rm.trl_step_losses(trainer)
 
+    for name, p in first_step.named_parameters():
+        torch.testing.assert_close(p.grad, recorder.gradients[name], rtol=1e-4, atol=1e-7,
+                                   msg=lambda m: f"{name}: {m}")
     assert len(our_losses) == len(trl_losses) == config.steps
     assert our_losses[0] == pytest.approx(math.log(2), abs=0.05)  # the head starts near 0: both rewards ~ 0
     np.testing.assert_allclose(our_losses, trl_losses, rtol=1e-5, atol=1e-6)
-    for (name, p_ours), p_theirs in zip(ours.named_parameters(), trainer.model.parameters()):
-        if name == "transformer.ln_f.bias":
-            # This bias adds the same w . b to every reward, which r_chosen - r_rejected cancels: its gradient
-            # is exactly 0 up to rounding, and Adam rescales that rounding noise into full-size steps.
-            continue
-        torch.testing.assert_close(p_ours, p_theirs, rtol=1e-3, atol=1e-5, msg=lambda m: f"{name}: {m}")
+    assert our_losses[-1] != our_losses[0]  # the weights did move (the comparison is not of constants)
 
 
 def test_reward_model_learns_review_sentiment(tokenizer):

@@ -99,12 +99,13 @@ def flops_per_completion(config: BenchConfig) -> dict[str, float]:
     generation = forward_flops(config, P, (P + 1) / 2, 1, V) + forward_flops(config, R - 1, P + R / 2, R - 1, V)
     policy = forward_flops(config, **full, head_positions=R, head_width=V)  # logits of the R response tokens
     value = forward_flops(config, **full, head_positions=R, head_width=1)  # a separate value model
+    separate_value = config.value_model == "model"
     flops = {
-        "generation": generation,
-        "policy_value_forward": policy + (value if config.value_model == "model" else 0.0),
+        "generation": generation,  # log-probs, entropies (and a value head) are recorded while sampling
+        "value_forward": value if separate_value else 0.0,
         "reference_forward": policy,
         "scoring": forward_flops(config, **full, head_positions=1, head_width=1),
-        "training": config.ppo_epochs * 3 * (policy + (value if config.value_model == "model" else 0.0)),
+        "training": config.ppo_epochs * 3 * (policy + (value if separate_value else 0.0)),
     }
     flops["total"] = sum(flops.values())
     return flops
@@ -139,8 +140,8 @@ def run(config: BenchConfig) -> dict:
 
     episodes = config.episodes // config.batch_size * config.batch_size
     tokens = sum(row["val/response_length"] * config.batch_size for row in log)
-    phases = ("generation", "policy_value_forward", "reference_forward", "scoring", "training")
-    phase_seconds = {p: sum(row[f"time/{p}"] for row in log) for p in phases}
+    phases = ("generation", "value_forward", "reference_forward", "scoring", "training")
+    phase_seconds = {p: sum(row.get(f"time/{p}", 0.0) for row in log) for p in phases}
     phase_seconds["other"] = seconds - sum(phase_seconds.values())
     flops = flops_per_completion(config)
     achieved = flops["total"] * episodes / seconds / 1e9

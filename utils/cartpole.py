@@ -172,7 +172,7 @@ class REINFORCEConfig:
 
     seed: int = 1
     """Seeds torch (action sampling, init) and the environment."""
-    iterations: int = 60
+    iterations: int = 30
     """Number of policy updates; each one uses a fresh batch of complete episodes."""
     episodes_per_iteration: int = 8
     """Episodes per batch: more episodes average away more of the gradient noise."""

@@ -284,6 +284,8 @@ def kl_sweep(policy: nn.Module, proxy_fn: RewardFn, tokenizer: PreTrainedTokeniz
     "episodes", <METRICS>}, ...], "log": <the trainer's per-update log>, "samples": [...]}``. The first
     checkpoint is the starting policy (update 0, KL 0), shared by all runs.
     """
+    from tqdm.auto import tqdm
+
     if not train_prompts or not eval_prompts:
         raise ValueError("train_prompts and eval_prompts must be non-empty")
     batch_size = sweep.batch_size or ppo.batch_size
@@ -297,6 +299,8 @@ def kl_sweep(policy: nn.Module, proxy_fn: RewardFn, tokenizer: PreTrainedTokeniz
 
     start_metrics, _ = evaluate(reference)
     records = []
+    bar = tqdm(total=len(sweep.betas) * (sweep.total_episodes // batch_size), desc="KL sweep", unit="update",
+               disable=not progress)
     for beta in sweep.betas:
         config = dataclasses.replace(ppo, kl_coef=float(beta), adaptive_kl=False, total_episodes=sweep.total_episodes,
                                      batch_size=batch_size, num_minibatches=minibatches, generation_batch_size=None,
@@ -308,12 +312,16 @@ def kl_sweep(policy: nn.Module, proxy_fn: RewardFn, tokenizer: PreTrainedTokeniz
         train_seconds = 0.0
         for update in evaluation_updates(config.num_updates, sweep.evaluations):
             begin = time.perf_counter()
-            trainer.train(progress=progress, max_updates=update - trainer.update)
+            done = trainer.update
+            trainer.train(progress=False, max_updates=update - done)
             train_seconds += time.perf_counter() - begin
             metrics, samples = evaluate(trainer.model.policy)
+            bar.update(update - done)
+            bar.set_postfix(beta=f"{beta:g}", kl=f"{metrics['kl']:.1f}", gold=f"{metrics['gold_reward']:+.2f}")
             checkpoints.append({"update": update, "episodes": update * config.batch_size, **metrics})
         records.append({"beta": float(beta), **metrics, "train_seconds": train_seconds, "checkpoints": checkpoints,
                         "log": trainer.log, "samples": samples[:sweep.samples_kept]})
+    bar.close()
     return records
 
 
@@ -335,6 +343,67 @@ def sweep_summary(records: Sequence[dict]) -> dict[str, float]:
             "lowest_beta_gold": lowest["gold_reward"], "lowest_beta_proxy": lowest["proxy_reward"],
             "lowest_beta_kl": lowest["kl"], "start_gold": start["gold_reward"], "start_proxy": start["proxy_reward"],
             "peak_gold": peak["gold_reward"], "peak_gold_kl": peak["kl"]}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What a practitioner watches during a run
+# ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HealthThresholds:
+    """Rules of thumb for a PPO run on a language model; each check compares the end of the run to its start."""
+
+    max_kl: float = 10.0
+    """KL(policy || reference) in nats per response; past ~10 the proxy is usually being exploited"""
+    min_entropy_ratio: float = 0.5
+    """sequence entropy (-sum log p per response) below this share of its start value: entropy collapse"""
+    max_length_ratio: float = 1.5
+    """responses this many times longer than at the start: a length-biased reward model being exploited?"""
+    min_eos_rate: float = 0.9
+    """share of responses that end with EOS; below it the policy has stopped stopping"""
+    max_clipfrac: float = 0.2
+    """share of tokens whose probability ratio was clipped; above it the updates are too large (lower lr)"""
+    min_explained_variance: float = 0.0
+    """the value function should explain some of the returns' variance; below 0 it is worse than a constant"""
+    tail: float = 0.1
+    """share of the last updates averaged as "the end of the run" (logged values are noisy)"""
+
+
+def health_report(log: Sequence[dict], thresholds: HealthThresholds = HealthThresholds()) -> list[dict]:
+    """Check a PPO log (one dict per update, TRL's metric names) against :class:`HealthThresholds`.
+
+    Returns one row per check: ``{"check", "metric", "start", "end", "ok", "meaning"}``, where ``start`` is
+    the first update's value and ``end`` the mean over the last ``tail`` share of the updates.
+    """
+    if not log:
+        raise ValueError("the log is empty: nothing to check")
+    n_tail = max(1, round(len(log) * thresholds.tail))
+
+    def start_end(key: str) -> tuple[float, float]:
+        if key not in log[0]:
+            raise ValueError(f"the log has no {key!r}; is it a utils.ppo log?")
+        return log[0][key], sum(row[key] for row in log[-n_tail:]) / n_tail
+
+    t, rows = thresholds, []
+
+    def check(name: str, key: str, ok: Callable[[float, float], bool], meaning: str) -> None:
+        start, end = start_end(key)
+        rows.append({"check": name, "metric": key, "start": start, "end": end, "ok": bool(ok(start, end)),
+                     "meaning": meaning})
+
+    check("KL to the reference", "objective/kl", lambda s, e: e <= t.max_kl,
+          f"<= {t.max_kl:g} nats per response: the policy stays where the reward model is trustworthy")
+    check("entropy collapse", "objective/entropy", lambda s, e: e >= t.min_entropy_ratio * s,
+          f"entropy >= {t.min_entropy_ratio:g} x its start: the policy still samples varied answers")
+    check("length growth", "val/response_length", lambda s, e: e <= t.max_length_ratio * s,
+          f"length <= {t.max_length_ratio:g} x its start: longer answers may be bought with reward-model bias")
+    check("EOS rate", "val/eos_fraction", lambda s, e: e >= t.min_eos_rate,
+          f">= {t.min_eos_rate:g} of the responses end with EOS")
+    check("clip fraction", "policy/clipfrac_avg", lambda s, e: e <= t.max_clipfrac,
+          f"<= {t.max_clipfrac:g} of the tokens clipped: the updates stay inside PPO's trust region")
+    check("value explained variance", "val/explained_variance",
+          lambda s, e: math.isfinite(e) and e >= t.min_explained_variance,
+          f">= {t.min_explained_variance:g}: the value function predicts the returns better than a constant")
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -447,15 +516,22 @@ def plot_run(record: dict, axes=None) -> Figure:
 # Pipeline: cached artifacts and the stage
 # ---------------------------------------------------------------------------------------------------------
 def _eval_key(profile: Profile) -> dict:
+    """The SFT-vs-PPO evaluation depends on the PPO policy (``_ppo_key`` names everything upstream of it) and
+    on how it is evaluated; not on the sweep, nor on how many rows the table shows."""
     from utils.ppo import _ppo_key
 
-    return {**_ppo_key(profile), "evaluation": eval_config(profile)}
+    config = dataclasses.asdict(eval_config(profile))
+    return {**_ppo_key(profile), "evaluation": {k: v for k, v in config.items() if k not in ("sweep", "table_rows")}}
 
 
 def _sweep_key(profile: Profile) -> dict:
-    """The sweep depends on the SFT policy, the reward model, PPO's hyperparameters and the sweep config, but
-    not on the pipeline's trained PPO policy: ``_ppo_key`` names exactly those upstream configs."""
-    return _eval_key(profile)
+    """The sweep trains its own runs from the SFT policy against the reward model, with PPO's hyperparameters
+    (all named by ``_ppo_key``), and samples as the evaluation does; it does not use the trained PPO policy."""
+    from utils.ppo import _ppo_key
+
+    config = eval_config(profile)
+    return {**_ppo_key(profile), "sweep": config.sweep, "temperature": config.temperature,
+            "max_new_tokens": config.max_new_tokens, "seed": config.seed}
 
 
 def _course_models(profile: Profile):
@@ -476,7 +552,7 @@ def _prompts(profile: Profile, name: str, n: int | None = None) -> list[str]:
     return [r["prompt"] for r in pipeline.load_dataset_rows(name, profile)][:n]
 
 
-def sweep_dir(profile: Profile | None = None, progress: bool = False) -> Path:
+def sweep_dir(profile: Profile | None = None, progress: bool = True) -> Path:
     """Folder of the KL-coefficient sweep (``sweep.json``), built on first use (a few minutes on 2 cores)."""
     from utils.artifacts import atomic_write_json, get_or_build
     from utils.profiles import get_profile

@@ -483,7 +483,7 @@ def evaluate_reward_model(model: nn.Module, tokenizer: PreTrainedTokenizerBase, 
     texts = sorted({r["prompt"] + r[k] for r in rows for k in ("chosen", "rejected")})
     scores = raw_scores(model, tokenizer, texts).tolist()
     gold = [rw.gold_reward(t) for t in texts]
-    words = [len(rw.split_words(t)) for t in texts]
+    words = [rw.word_count(t) for t in texts]  # words, punctuation not counted: what the annotators count
     reliability = calibration(probs, n_bins)
     fit = length_bias(scores, gold, words)
     metrics = {
