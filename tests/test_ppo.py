@@ -410,3 +410,25 @@ def test_config_fields_are_documented():
     for field in dataclasses.fields(PPOConfig):
         after = source.split(f"    {field.name}:", 1)[1].splitlines()[1].strip()
         assert after.startswith('"""'), f"PPOConfig.{field.name} has no docstring"
+
+
+@pytest.mark.slow
+def test_ppo_stage_on_the_tiny_profile(tiny_profile):
+    """The pipeline stage end to end (tiny SFT policy and reward model, a few updates): its metrics and its
+    cached artifact. The tiny models are too small to write reviews, so only the mechanics are checked."""
+    from utils.ppo import load_ppo_policy, ppo_dir, ppo_stage
+
+    metrics = ppo_stage(tiny_profile)
+    expected = {f"ppo.{k}" for k in ("gold_reward_before", "gold_reward_after", "proxy_reward_before",
+                                     "proxy_reward_after", "kl_to_ref", "grammatical_fraction_after",
+                                     "train_seconds", "episodes_per_second", "positive_fraction_before",
+                                     "positive_fraction_after")}
+    assert expected <= set(metrics)
+    assert all(math.isfinite(v) for v in metrics.values())
+    assert 0 <= metrics["ppo.positive_fraction_after"] <= 1 and metrics["ppo.episodes_per_second"] > 0
+    folder = ppo_dir(tiny_profile)
+    log = read_log(folder)
+    assert len(log) == tiny_profile.ppo.num_updates and "objective/gold_reward" in log[0]
+    policy, tokenizer = load_ppo_policy(tiny_profile)
+    assert policy.config.vocab_size == len(tokenizer)
+    assert ppo_stage(tiny_profile) == metrics  # cached: the second call loads, it does not retrain

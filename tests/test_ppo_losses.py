@@ -273,8 +273,18 @@ def test_losses_ignore_masked_positions():
     base = all_losses(tensors)
     perturbed = {name: torch.where(mask, x, torch.full_like(x, 37.0)) for name, x in tensors.items()}
     perturbed["logp"] = torch.where(mask, tensors["logp"], torch.full_like(tensors["logp"], float("inf")))
+    perturbed["v"] = torch.where(mask, tensors["v"], torch.full_like(tensors["v"], float("nan")))
     for got, expected in zip(all_losses(perturbed), base):
         assert_close(got, expected)
+
+    # Gradients too: garbage on padding must not turn into NaN gradients (0 * inf is NaN in backward).
+    for name in ("logp", "v"):
+        perturbed[name].requires_grad_(True)
+    p_loss, v_loss = all_losses(perturbed)[:2]
+    (p_loss + v_loss + masked_whiten(perturbed["v"], mask).sum()).backward()
+    for name in ("logp", "v"):
+        grad = perturbed[name].grad
+        assert torch.isfinite(grad).all() and torch.all(grad[~mask] == 0), name
 
 
 def test_loss_validation():

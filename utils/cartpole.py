@@ -49,18 +49,17 @@ BASELINES = ("none", "mean", "value")
 # ---------------------------------------------------------------------------------------------------------
 
 
-def make_vector_env(num_envs: int, seed: int) -> gym.vector.SyncVectorEnv:
-    """`num_envs` CartPoles stepped in lockstep in this process, already reset with seeds seed, seed+1, ...
+def make_vector_env(num_envs: int) -> gym.vector.SyncVectorEnv:
+    """`num_envs` CartPoles stepped in lockstep in this process (no subprocesses to start or debug).
 
     SAME_STEP autoreset: when an episode ends, `step` returns the first observation of the next episode
     and puts the last observation of the finished one in `info["final_obs"]` (needed to bootstrap
-    truncated episodes). Returns the env; call `envs.reset(seed=...)` yourself only to restart.
+    truncated episodes). `envs.reset(seed=s)` seeds the environments with s, s+1, ..., s+num_envs-1.
     """
-    envs = gym.vector.SyncVectorEnv(
+    return gym.vector.SyncVectorEnv(
         [lambda: gym.make(ENV_ID) for _ in range(num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
-    return envs
 
 
 def layer_init(layer: nn.Linear, std: float = math.sqrt(2), bias: float = 0.0) -> nn.Linear:
@@ -364,9 +363,10 @@ def policy_gradient_variance(
 class PPOConfig:
     """Hyperparameters of PPO on CartPole-v1.
 
-    Tuned to solve CartPole (greedy evaluation >= 475) in 80k steps, about 20 s on two CPU cores; they
-    follow rl-baselines3-zoo's CartPole settings (short rollouts, many epochs, gamma 0.98, lambda 0.8,
-    lr 1e-3 annealed) with 16 environments and CleanRL's entropy bonus for stability after solving.
+    Tuned to solve CartPole (greedy evaluation >= 475) in 80k steps, well under a minute on two CPU cores.
+    They start from rl-baselines3-zoo's CartPole settings (short rollouts, many epochs on the whole batch,
+    gamma 0.98, lambda 0.8, lr 1e-3 annealed) with 16 environments, CleanRL's entropy bonus and a stronger
+    critic, chosen by a sweep over seeds.
     """
 
     seed: int = 1
@@ -394,15 +394,16 @@ class PPOConfig:
     clip_coef: float = 0.2
     """PPO's epsilon: the probability ratio is clipped to [1 - eps, 1 + eps]."""
     clip_vloss: bool = False
-    """Clip the value update to +-clip_coef around the rollout's values (CleanRL's default is True; it slows
-    the critic down when returns are in the tens, as here)."""
+    """Clip the value update to +-clip_coef around the rollout's values. CleanRL's default is True, but it
+    lets V move by at most 0.2 per iteration, and here returns reach 1 / (1 - gamma) = 50."""
     ent_coef: float = 0.01
-    """Weight of the entropy bonus. It keeps the policy from turning deterministic too early and keeps a
-    solved policy from drifting into collapse once every advantage is just noise."""
-    vf_coef: float = 0.5
-    """Weight of the value loss in the total loss."""
-    max_grad_norm: float = 0.5
-    """Global gradient-norm clip, a guard against occasional huge updates."""
+    """Weight of the entropy bonus, which keeps the policy from turning deterministic too early."""
+    vf_coef: float = 1.0
+    """Weight of the value loss in the total loss (0.5 is common; see max_grad_norm)."""
+    max_grad_norm: float = 1.0
+    """Global gradient-norm clip, a guard against occasional huge updates. Actor and critic share the clip,
+    so a large value loss shrinks the policy step too; with 0.5/0.5 some seeds got stuck at ~170-step
+    episodes (the cart drifting off the track) that 1.0/1.0 solves."""
     target_kl: float | None = None
     """Stop the epochs of an update early once its mean approx_kl exceeds this (None: never stop)."""
     hidden_size: int = 64
@@ -463,9 +464,10 @@ def train_ppo(config: PPOConfig, progress: Callable[[dict], None] | None = None)
     """
     with _torch_threads(config.torch_threads):
         set_seed(config.seed)
-        envs = make_vector_env(config.num_envs, config.seed)
+        envs = make_vector_env(config.num_envs)
         obs_dim = envs.single_observation_space.shape[0]
         agent = ActorCritic(obs_dim, envs.single_action_space.n, config.hidden_size)
+        # fused: one kernel updates every parameter; for a network this small that halves the step time.
         optimizer = torch.optim.Adam(agent.parameters(), lr=config.learning_rate, eps=1e-5, fused=True)
 
         T, N = config.num_steps, config.num_envs
@@ -525,7 +527,8 @@ def train_ppo(config: PPOConfig, progress: Callable[[dict], None] | None = None)
                 rewards, values, dones, next_value, gamma=config.gamma, lam=config.gae_lambda
             )  # (T, N) each
 
-            # 3. Several epochs of minibatch updates on the flattened batch.
+            # 3. Several epochs of minibatch updates on the flattened batch. A rollout has no padding, so
+            #    every loss gets mask=None (all positions valid); the language-model trainer passes masks.
             b_obs = obs.reshape(-1, obs_dim)  # (T*N, obs_dim)
             b_actions, b_logprobs = actions.reshape(-1), logprobs.reshape(-1)  # (T*N,)
             b_advantages, b_returns, b_values = advantages.reshape(-1), returns.reshape(-1), values.reshape(-1)
@@ -556,12 +559,12 @@ def train_ppo(config: PPOConfig, progress: Callable[[dict], None] | None = None)
                     optimizer.step()
 
                     epoch_kl.append(policy_stats["approx_kl"].item())
-                    for name, value in (
+                    for name, stat in (
                         ("policy_loss", policy_loss), ("value_loss", value_loss), ("entropy", entropy_mean),
                         ("approx_kl", policy_stats["approx_kl"]), ("clipfrac", policy_stats["clipfrac"]),
                         ("vf_clipfrac", value_stats["vf_clipfrac"]),
                     ):
-                        update_stats.setdefault(name, []).append(value.item())
+                        update_stats.setdefault(name, []).append(stat.item())
                 if config.target_kl is not None and np.mean(epoch_kl) > config.target_kl:
                     break
 
@@ -572,7 +575,7 @@ def train_ppo(config: PPOConfig, progress: Callable[[dict], None] | None = None)
                 "learning_rate": optimizer.param_groups[0]["lr"],
                 "episodic_return": float(np.mean(finished_returns)) if finished_returns else math.nan,
                 "episodic_length": float(np.mean(finished_lengths)) if finished_lengths else math.nan,
-                **{name: float(np.mean(values_)) for name, values_ in update_stats.items()},
+                **{name: float(np.mean(numbers)) for name, numbers in update_stats.items()},
                 "explained_variance": explained_variance(b_values, b_returns).item(),
                 "seconds": time.perf_counter() - start,
             }

@@ -709,6 +709,8 @@ class PPOTrainer:
         for model in (policy, ref_policy, value_model):
             if model is not None:
                 use_fused_gelu(model)
+        if value_model is not None:
+            value_model.requires_grad_(True)  # trained here, even if it is a copy of a frozen reward model
         if config.use_lora:
             policy = add_lora(policy, config)
         self.model = PolicyAndValue(policy, value_model).eval()  # eval: no dropout, so ratios start at 1

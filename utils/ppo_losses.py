@@ -57,6 +57,12 @@ def _bool_mask(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | 
     return mask != 0
 
 
+def _zero_padding(x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """Replace masked entries by 0 before any arithmetic, so that whatever padding holds (even NaN or inf)
+    reaches neither a result nor a gradient (0 * NaN in a backward pass would still be NaN)."""
+    return x if keep is None else torch.where(keep, x, torch.zeros_like(x))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Masked statistics
 # ---------------------------------------------------------------------------------------------------------
@@ -65,14 +71,14 @@ def _bool_mask(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor | None, dim: int | None = None) -> torch.Tensor:
     """Mean of `values` over positions where `mask` is set (over `dim`, or over everything when None).
 
-    Masked positions are excluded with `torch.where`, not multiplied by 0, so even NaN or inf there (as
-    produced by padding) cannot leak into the result or its gradient. mask=None means every position
-    is valid (environment rollouts have no padding) and is just `values.mean(dim)`.
+    Masked positions are excluded with `torch.where`, not multiplied by 0, so even NaN or inf there
+    cannot leak into the result or its gradient. mask=None means every position is valid (environment
+    rollouts have no padding) and is just `values.mean(dim)`.
     """
     keep = _bool_mask(mask, values)
     if keep is None:
         return values.mean() if dim is None else values.mean(dim=dim)
-    total = torch.where(keep, values, torch.zeros_like(values))
+    total = _zero_padding(values, keep)
     if dim is None:
         return total.sum() / keep.sum()
     return total.sum(dim=dim) / keep.sum(dim=dim)
@@ -86,6 +92,7 @@ def masked_var(values: torch.Tensor, mask: torch.Tensor | None, unbiased: bool =
         raise ValueError(
             f"masked_var needs at least {2 if unbiased else 1} valid entries (unbiased={unbiased}), got {count}"
         )
+    values = _zero_padding(values, keep)
     mean = masked_mean(values, keep)
     variance = masked_mean((values - mean) ** 2, keep)
     if unbiased:
@@ -100,6 +107,7 @@ def masked_whiten(values: torch.Tensor, mask: torch.Tensor | None, shift_mean: b
     that their sign, which carries meaning, survives.
     """
     keep = _bool_mask(mask, values)
+    values = _zero_padding(values, keep)
     mean, var = masked_mean(values, keep), masked_var(values, keep)
     whitened = (values - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
@@ -143,8 +151,7 @@ def gae_for_token_sequences(
         raise ValueError("mask rows must look like 1...1 0...0 (valid response tokens, then padding)")
 
     zeros = torch.zeros_like(rewards)
-    rewards = torch.where(keep, rewards, zeros).detach()
-    values = torch.where(keep, values, zeros).detach()
+    rewards, values = _zero_padding(rewards.detach(), keep), _zero_padding(values.detach(), keep)
     # "Is there a next token in this episode?" At the last valid token (and on padding) the answer is no.
     has_next = torch.cat([keep[:, 1:], torch.zeros_like(keep[:, :1])], dim=1).to(rewards.dtype)  # (B, T)
 
@@ -228,6 +235,7 @@ def clipped_policy_loss(
     _check_clip_range("clip_range", clip_range)
     _check_same_shape(logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages)
     keep = _bool_mask(mask, logprobs)
+    logprobs, old_logprobs, advantages = (_zero_padding(x, keep) for x in (logprobs, old_logprobs, advantages))
 
     log_ratio = logprobs - old_logprobs.detach()
     ratio = torch.exp(log_ratio)
@@ -268,6 +276,7 @@ def clipped_value_loss(
         raise ValueError(f"clip_range_value must be a positive number or None, got {clip_range_value!r}")
     _check_same_shape(values=values, old_values=old_values, returns=returns)
     keep = _bool_mask(mask, values)
+    values, old_values, returns = (_zero_padding(x, keep) for x in (values, old_values, returns))
 
     returns, old_values = returns.detach(), old_values.detach()
     unclipped = (values - returns) ** 2
@@ -357,8 +366,8 @@ def explained_variance(pred: torch.Tensor, target: torch.Tensor, mask: torch.Ten
     negative means worse than a constant. NaN when the targets have no variance (nothing to explain).
     """
     _check_same_shape(pred=pred, target=target)
-    pred, target = pred.detach(), target.detach()
     keep = _bool_mask(mask, target)
+    pred, target = _zero_padding(pred.detach(), keep), _zero_padding(target.detach(), keep)
     var_target = masked_var(target, keep, unbiased=False)
     if var_target == 0:
         return torch.tensor(math.nan, dtype=target.dtype, device=target.device)

@@ -64,6 +64,7 @@ class SFTConfig:
     weight_decay: float = 0.0  # a short fine-tune on clean data: nothing to regularise
     grad_clip: float = 1.0  # max global gradient norm
     max_length: int = 256  # longest training sequence in tokens (ours are < 100: nothing is truncated)
+    group_by_length: bool = True  # batch rows of similar length: half the padding, ~1.5x faster on a CPU
     lora_r: int = 16  # rank of the LoRA update B A
     lora_alpha: int = 32  # LoRA scale alpha / r multiplies the update
     lora_dropout: float = 0.0  # dropout on the LoRA input; none needed for a short run
@@ -175,6 +176,7 @@ def build_sft_trainer(model: nn.Module, tokenizer: PreTrainedTokenizerBase, rows
         max_length=config.max_length,
         completion_only_loss=True,
         packing=False,  # packing would let attention cross from one example into the next
+        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
         eval_strategy="epoch" if eval_rows is not None else "no",
         **offline_cpu_training_args(config.batch_size, config.seed),
     )
