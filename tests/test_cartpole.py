@@ -151,4 +151,3 @@ def test_ppo_solves_cartpole():
     agent, history = train_ppo(config)
     score = evaluate(agent, episodes=20, seed=10_000, greedy=True)
     assert score >= SOLVED_RETURN, f"PPO scored {score:.1f} after {history[-1]['global_step']} steps"
-    assert history[-1]["seconds"] < 180

@@ -212,6 +212,12 @@ STAGES: dict[str, Callable[[Profile], dict]] = {
 }
 
 
+# What `make run` runs. The later stages are registered above and can be run by name
+# (`--stages sft rm`), but they join the default run only once their course-profile targets are
+# measured and met (see the issue notes); until then the default path stays the verified one.
+DEFAULT_STAGES = ("data", "tokenizer", "lm")
+
+
 def metrics_path() -> Path:
     return results_dir() / "metrics.json"
 
@@ -226,9 +232,9 @@ def update_metrics(new: dict) -> dict:
 
 
 def run(stages: list[str] | None = None, profile_name: str | None = None) -> dict:
-    """Run ``stages`` (default: all) in order, and return the merged metrics."""
+    """Run ``stages`` (default: ``DEFAULT_STAGES``) in order, and return the merged metrics."""
     profile = get_profile(profile_name)
-    stages = stages or list(STAGES)
+    stages = stages or list(DEFAULT_STAGES)
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; choose from {list(STAGES)}")
@@ -245,7 +251,8 @@ def run(stages: list[str] | None = None, profile_name: str | None = None) -> dic
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default=None, help="course (default) or tiny")
-    parser.add_argument("--stages", nargs="*", default=None, help=f"subset of {list(STAGES)}")
+    parser.add_argument("--stages", nargs="*", default=None,
+                        help=f"stages to run, from {list(STAGES)} (default: {list(DEFAULT_STAGES)})")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
