@@ -18,6 +18,7 @@ from utils.lm_analysis import (
     sample_stats,
     sample_texts,
     token_label,
+    word_entropy,
 )
 
 REVIEWS = ["the acting was superb.", "i loved the plot. the music was dull.", "the cast felt weak."]
@@ -37,6 +38,16 @@ def test_ngrams_and_distinct_n_by_hand():
     assert distinct_n(["a b a b"], 1, tokenize=str.split) == pytest.approx(2 / 4)
 
 
+def test_word_entropy_by_hand():
+    # "a b a b": two words, each with probability 1/2 -> ln 2.
+    assert word_entropy(["a b", "a b"], tokenize=str.split) == pytest.approx(math.log(2))
+    # the acting was great . -> five words once each -> ln 5.
+    assert word_entropy(["the acting was great."]) == pytest.approx(math.log(5))
+    probs = [3 / 6, 2 / 6, 1 / 6]
+    assert word_entropy(["x x x y y z"], tokenize=str.split) == pytest.approx(-sum(p * math.log(p) for p in probs))
+    assert word_entropy([""]) == 0.0
+
+
 @pytest.mark.parametrize("n", [0, -1, 1.5, True])
 def test_distinct_n_rejects_bad_n(n):
     with pytest.raises(ValueError, match="n must be an int >= 1"):
@@ -50,6 +61,8 @@ def test_sample_stats_by_hand():
     assert stats.unique_fraction == pytest.approx(2 / 3)
     assert stats.mean_words == pytest.approx((4 + 4 + 3) / 3)
     assert stats.distinct_1 == pytest.approx(distinct_n(texts, 1))
+    assert stats.distinct_3 == pytest.approx(distinct_n(texts, 3))
+    assert stats.word_entropy == pytest.approx(word_entropy(texts))
     assert stats.finished_fraction == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="at least one text"):
         sample_stats([])

@@ -111,6 +111,19 @@ def flops_per_completion(config: BenchConfig) -> dict[str, float]:
     return flops
 
 
+def training_state_mb(trainer: PPOTrainer, *others: torch.nn.Module | None) -> dict[str, float]:
+    """Memory held by the weights of every model (policy with its value part, reference, reward model),
+    the gradients of the trainable ones and Adam's two moments: what LoRA saves, without the interpreter's
+    few hundred MB of libraries that dominate the RSS of a model this small."""
+    mb = lambda tensors: sum(t.numel() * t.element_size() for t in tensors) / 2**20  # noqa: E731
+    models = [trainer.model, trainer.ref_policy, *others]
+    weights = mb({id(p): p for m in models if m is not None for p in m.parameters()}.values())
+    optimizer = mb(v for state in trainer.optimizer.state.values() for v in state.values()
+                   if torch.is_tensor(v) and v.dim() > 0)
+    return {"weights_mb": weights, "gradients_mb": mb(trainer.params), "adam_state_mb": optimizer,
+            "total_mb": weights + mb(trainer.params) + optimizer}
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MB (Linux reports kB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -138,6 +151,7 @@ def run(config: BenchConfig) -> dict:
     log = trainer.train(progress=False)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
 
+    state = training_state_mb(trainer, reward_model)
     episodes = config.episodes // config.batch_size * config.batch_size
     tokens = sum(row["val/response_length"] * config.batch_size for row in log)
     phases = ("generation", "value_forward", "reference_forward", "scoring", "training")
@@ -162,6 +176,7 @@ def run(config: BenchConfig) -> dict:
         if len(log) > 1 else float("nan"),
         "peak_rss_mb": peak_rss_mb(),
         "rss_growth_mb": peak_rss_mb() - rss_start,
+        "training_state_mb": state,
         "gflop_per_completion": flops["total"] / 1e9,
         "achieved_gflops": achieved,
         "share_of_matmul_throughput": achieved / gflops_peak,
@@ -186,7 +201,8 @@ def report(result: dict) -> str:
         f"episodes per CPU-second: {result['episodes_per_cpu_second']:.1f} (CPU time of all threads; on a busy "
         f"machine with 1 thread, about the wall-clock speed the idle machine would give)",
         f"tokens/s: {result['tokens_per_second']:.0f}",
-        f"peak RSS: {result['peak_rss_mb']:.0f} MB",
+        f"peak RSS: {result['peak_rss_mb']:.0f} MB (of which the run added {result['rss_growth_mb']:.0f} MB); "
+        f"weights + gradients + Adam state: {result['training_state_mb']['total_mb']:.1f} MB",
         f"FLOPs per completion: {result['gflop_per_completion']:.2f} GFLOP -> {result['achieved_gflops']:.1f} GFLOP/s "
         f"= {100 * result['share_of_matmul_throughput']:.0f}% of the matmul throughput",
         "where the time goes (seconds, share, GFLOP/completion):",

@@ -3,8 +3,8 @@
 Notebooks 04 and 05 ask the same questions of the base LM again and again:
 
 * how far is its NLL from the source entropy, review by review (:func:`per_review_nll`)?
-* how do the decoding knobs trade diversity (distinct-n) against correctness (the review grammar)
-  (:func:`sample_texts`, :func:`decoding_sweep`)?
+* how do the decoding knobs trade diversity (distinct-n, word entropy) against correctness (the review
+  grammar) (:func:`sample_texts`, :func:`decoding_sweep`)?
 * what do the sampling knobs do to one next-token distribution (:func:`next_token_table`)?
 * how many tokens would the Chinchilla rule give a model this size (:func:`compute_budget`)?
 
@@ -13,6 +13,8 @@ notebooks can plot them however they like.
 """
 from __future__ import annotations
 
+import collections
+import math
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
@@ -68,6 +70,19 @@ def distinct_n(texts: Sequence[str], n: int,
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
+def word_entropy(texts: Sequence[str], tokenize: Callable[[str], list[str]] = rw.split_words) -> float:
+    """Entropy (nats) of the empirical word distribution pooled over ``texts``.
+
+    In a closed language such as the review world, distinct-n saturates (there are only so many n-grams),
+    while this keeps measuring how evenly the words are used: low when a few words dominate (low
+    temperature), equal to the source's when the samples follow the source, higher when rare words and
+    junk are over-used. Returns 0.0 when the texts hold no word.
+    """
+    counts = collections.Counter(w for text in texts for w in tokenize(text))
+    total = sum(counts.values())
+    return -sum(c / total * math.log(c / total) for c in counts.values()) if total else 0.0
+
+
 # ------------------------------------------------------------------------------------------------
 # Sampling and sweeps
 # ------------------------------------------------------------------------------------------------
@@ -104,6 +119,8 @@ class SampleStats:
     grammatical_fraction: float  # share the review grammar accepts
     distinct_1: float  # unique words / words
     distinct_2: float  # unique word pairs / word pairs
+    distinct_3: float  # unique word triples / word triples
+    word_entropy: float  # entropy (nats) of the pooled word distribution
     unique_fraction: float  # distinct texts / texts
     finished_fraction: float  # share that emitted EOS within the token budget
     mean_words: float  # words per sample, punctuation not counted
@@ -118,6 +135,8 @@ def sample_stats(texts: Sequence[str], finished_fraction: float = 1.0) -> Sample
         grammatical_fraction=sum(rw.is_grammatical(t) for t in texts) / n,
         distinct_1=distinct_n(texts, 1),
         distinct_2=distinct_n(texts, 2),
+        distinct_3=distinct_n(texts, 3),
+        word_entropy=word_entropy(texts),
         unique_fraction=len(set(texts)) / n,
         finished_fraction=finished_fraction,
         mean_words=sum(rw.word_count(t) for t in texts) / n,
