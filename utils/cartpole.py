@@ -114,6 +114,7 @@ class ActorCritic(nn.Module):
 
 
 def _as_tensor(obs: np.ndarray) -> torch.Tensor:
+    """Gymnasium observations are float32 (or float64) NumPy arrays; the networks want float32 tensors."""
     return torch.as_tensor(obs, dtype=torch.float32)
 
 
