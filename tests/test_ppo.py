@@ -262,18 +262,21 @@ def test_rollout_records_what_a_teacher_forced_forward_computes():
 
 
 def test_sampler_draws_from_the_tempered_distribution():
-    """Inverse-CDF sampling: the frequencies of 20,000 first tokens match softmax(logits / T)."""
-    policy, T, n = tiny_policy(), 0.8, 20_000
-    prompt = torch.tensor([[EOS, 5, 9]])
-    samples = sample_responses(policy, prompt.expand(n, -1), torch.ones(n, 3, dtype=torch.long), 1, T, EOS, PAD,
-                               torch.Generator().manual_seed(0))
+    """Inverse-CDF sampling: the frequencies of 8,000 first tokens match softmax(logits / T), not softmax(logits)."""
+    policy, T, n = tiny_policy(), 0.5, 8_000
     with torch.no_grad():
-        probs = torch.softmax(policy(prompt).logits[0, -1] / T, dim=-1)
-    frequencies = torch.bincount(samples.responses[:, 0], minlength=VOCAB).float() / n
-    assert 0.5 * (frequencies - probs).abs().sum() < 0.02  # total variation distance
-    again = sample_responses(policy, prompt.expand(n, -1), torch.ones(n, 3, dtype=torch.long), 1, T, EOS, PAD,
-                             torch.Generator().manual_seed(0))
-    assert torch.equal(again.responses, samples.responses)  # same generator seed, same tokens
+        policy.transformer.wte.weight *= 5  # spread the logits, so that the temperature matters
+    prompt = torch.tensor([[EOS, 5, 9]])
+    sample = lambda seed: sample_responses(policy, prompt.expand(n, -1), torch.ones(n, 3, dtype=torch.long), 1, T,  # noqa: E731
+                                           EOS, PAD, torch.Generator().manual_seed(seed)).responses[:, 0]
+    tokens = sample(0)
+    with torch.no_grad():
+        logits = policy(prompt).logits[0, -1]
+    frequencies = torch.bincount(tokens, minlength=VOCAB).float() / n
+    total_variation = lambda p, q: 0.5 * (p - q).abs().sum().item()  # noqa: E731
+    assert total_variation(frequencies, torch.softmax(logits / T, -1)) < 0.03  # sampling noise: about 0.01
+    assert total_variation(frequencies, torch.softmax(logits, -1)) > 0.1  # the test sees the temperature
+    assert torch.equal(sample(0), tokens)  # same generator seed, same tokens
 
 
 def test_ratio_is_one_on_the_first_minibatch_of_the_first_epoch():
@@ -314,20 +317,21 @@ def test_global_whitening_with_one_process_is_masked_whiten():
 def test_ppo_learns_to_emit_the_rewarded_token():
     """A random policy says TARGET ~1/32 of the time; PPO must make it the bulk of every response.
     A wrong sign, a broken mask or a ratio that ignores the new policy all leave it near 0.03."""
-    config = small_config(total_episodes=16 * 25, num_minibatches=2, ppo_epochs=4, lr=3e-3, kl_coef=0.01)
+    config = small_config(total_episodes=16 * 20, num_minibatches=2, ppo_epochs=4, lr=3e-3, kl_coef=0.01,
+                          response_length=8)
     trainer = make_trainer(config)
     log = trainer.train(progress=False)
     start = sum(r["objective/scores"] for r in log[:2]) / 2
     end = sum(r["objective/scores"] for r in log[-3:]) / 3
     assert start < 0.1
-    assert end > 0.6, f"PPO did not learn: mean score {start:.3f} -> {end:.3f}"
+    assert end > 0.5, f"PPO did not learn: mean score {start:.3f} -> {end:.3f}"
     assert log[-1]["objective/kl"] > 1.0  # it got there by moving away from the reference
 
 
 @pytest.mark.parametrize("overrides", [dict(value_model="model"), dict(use_lora=True, lora_r=2, lora_alpha=4, lr=1e-2),
                                        dict(whiten_rewards=True, normalize_scores=True, kl_estimator="k3")])
 def test_variants_run_and_learn(overrides):
-    config = small_config(total_episodes=16 * 8, ppo_epochs=4, **overrides)
+    config = small_config(total_episodes=16 * 6, ppo_epochs=4, response_length=8, **overrides)
     trainer = make_trainer(config)
     frozen = {k: v.clone() for k, v in trainer.model.policy.state_dict().items() if "lora" not in k}
     log = trainer.train(progress=False)

@@ -39,7 +39,7 @@ class LMConfig:
 class LMTrainConfig:
     """How the base model is trained."""
 
-    steps: int = 1200  # optimiser steps
+    steps: int = 700  # optimiser steps (~3 min on 2 cores; 1,200 steps gain 0.5% in NLL for 70% more time)
     batch_size: int = 32  # rows per step
     block_size: int = 64  # tokens per row: reviews are packed end to end, so no compute is spent on padding
     lr: float = 3e-3  # peak learning rate (tiny models tolerate large ones)
@@ -48,7 +48,7 @@ class LMTrainConfig:
     weight_decay: float = 0.1  # decoupled weight decay on matrices only
     grad_clip: float = 1.0  # max global gradient norm
     betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas, as in GPT-3 / nanoGPT
-    eval_every: int = 200  # steps between validation estimates
+    eval_every: int = 100  # steps between validation estimates
     eval_batches: int = 8  # batches per estimate
     seed: int = 0  # model init and batch order
 

@@ -5,10 +5,12 @@ One update of :class:`PPOTrainer` (see :meth:`PPOTrainer.step`) is, in order:
 1. **Rollout.** Take a batch of prompts, left-pad them with the PAD token, and let the policy continue
    each one by sampling at ``temperature`` until it emits EOS (or ``response_length`` tokens). Tokens after
    EOS are PAD and masked out of everything that follows.
-2. **Evaluate the rollout, without gradients.** The policy's log-probabilities of its own tokens and its
-   value estimates, the reference policy's log-probabilities, and the reward model's score of each
-   prompt + response (read at its last real token). A response that never emitted EOS loses
-   ``missing_eos_penalty``.
+   As in CleanRL's rollout, the policy records on the way what PPO needs later: the log-probability of
+   each token it sampled (the "old" log-probs of the ratio), the entropy it sampled from, and, with a
+   value head, the value of each state.
+2. **Evaluate the rollout, without gradients.** The reference policy's log-probabilities of the same
+   tokens, the values (if a separate value model), and the reward model's score of each prompt + response
+   (read at its last real token). A response that never emitted EOS loses ``missing_eos_penalty``.
 3. **Rewards.** Per token ``-beta * (log p - log p_ref)`` (the KL penalty), plus the score at the last real
    token of the response.
 4. **Advantages.** GAE over the response tokens, then whitened (mean 0, std 1 over the batch).
@@ -20,9 +22,10 @@ One update of :class:`PPOTrainer` (see :meth:`PPOTrainer.step`) is, in order:
 The formulas live in :mod:`utils.ppo_losses` (pure functions on tensors, tested against hand
 computations); this module is the loop that feeds them. Its structure follows CleanRL's ``ppo.py``, and
 its details follow Huang et al., "The N Implementation Details of RLHF with PPO" (2024) and TRL's original
-``PPOTrainer``: recomputed log-probabilities at the sampling temperature, the score added at the last
-token, the penalty for responses without EOS, Adam with eps = 1e-5, value clipping, advantage whitening.
-Where we differ from TRL we say so in a comment (e.g. TRL adds the score one position *after* EOS).
+``PPOTrainer``: log-probabilities at the sampling temperature in the rollout and in training, the score
+added at the last token, the penalty for responses without EOS, Adam with eps = 1e-5, value clipping,
+advantage whitening. Where we differ from TRL we say so in a comment (e.g. TRL adds the score one
+position *after* EOS, and recomputes the rollout's log-probs in a second forward pass).
 
 The trainer takes plain modules (a policy LM, a reference LM, optionally a value model) and a reward
 *function* of token ids, so it works with any scorer: a reward model (:func:`reward_model_fn`), a rule on
@@ -50,7 +53,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
@@ -717,6 +720,7 @@ class PPOTrainer:
         self.ref_policy = ref_policy.eval().requires_grad_(False) if ref_policy is not None else None
         self.reward_fn, self.gold_fn = reward_fn, gold_fn
         self.prompts = [list(p) for p in prompts]
+        self._order: tuple[int | None, list[int]] = (None, [])  # cached (epoch, prompt order)
         self.pad_token_id, self.eos_token_id = pad_token_id, eos_token_id
 
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -843,10 +847,11 @@ class PPOTrainer:
         return left_pad(batch[lo:lo + self.local_batch_size], self.pad_token_id, length)
 
     def _prompt_order(self, epoch: int) -> list[int]:
-        if getattr(self, "_order_epoch", None) != epoch:
+        """The order of the prompts in pass ``epoch`` over them (a permutation seeded from (seed, epoch))."""
+        if self._order[0] != epoch:
             generator = torch.Generator().manual_seed(derived_seed(self.config.seed, PROMPT_STREAM, epoch))
-            self._order, self._order_epoch = torch.randperm(len(self.prompts), generator=generator).tolist(), epoch
-        return self._order
+            self._order = (epoch, torch.randperm(len(self.prompts), generator=generator).tolist())
+        return self._order[1]
 
     def _sample(self, queries: torch.Tensor, query_mask: torch.Tensor, update: int) -> Samples:
         """Sample this process's responses group by group, each group from its own generator."""

@@ -62,6 +62,7 @@ class SFTConfig:
     lr_scheduler: str = "cosine"  # transformers scheduler name: warmup, then cosine decay to 0
     warmup_ratio: float = 0.05  # share of the steps spent warming up linearly
     weight_decay: float = 0.0  # a short fine-tune on clean data: nothing to regularise
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas as in pretraining (TRL's default beta2=0.999 adapts slowly)
     grad_clip: float = 1.0  # max global gradient norm
     max_length: int = 256  # longest training sequence in tokens (ours are < 100: nothing is truncated)
     group_by_length: bool = True  # batch rows of similar length: half the padding, ~1.5x faster on a CPU
@@ -172,6 +173,8 @@ def build_sft_trainer(model: nn.Module, tokenizer: PreTrainedTokenizerBase, rows
         lr_scheduler_type=config.lr_scheduler,
         warmup_steps=config.warmup_ratio,  # a float < 1 is a share of the total steps
         weight_decay=config.weight_decay,
+        adam_beta1=config.betas[0],
+        adam_beta2=config.betas[1],
         max_grad_norm=config.grad_clip,
         max_length=config.max_length,
         completion_only_loss=True,
