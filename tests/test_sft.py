@@ -147,6 +147,15 @@ def test_greedy_completions_strip_prompt_and_eos(tokenizer, rows):
         assert output == tokenizer.decode(reference[0, ids.size(1):], skip_special_tokens=True)
 
 
+def test_first_token_nll_is_minus_log_p_of_the_token_after_bos(tokenizer):
+    model = tiny_lm(tokenizer)
+    sequences = [[0, 7, 9, 0], [0, 12, 0], [0, 7, 0]]
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(input_ids=torch.tensor([[0]])).logits[0, -1], dim=-1)
+    by_hand = -(2 * logprobs[7] + logprobs[12]).item() / 3
+    assert sft.first_token_nll(model, sequences, batch_size=2) == pytest.approx(by_hand, rel=1e-5)
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="batch_size"):
         sft.SFTConfig(batch_size=0)
@@ -162,6 +171,9 @@ def test_sft_stage_on_tiny_profile(tiny_profile):
                 "sft.completion_nll", "sft.base_completion_nll"):
         assert key in metrics and math.isfinite(metrics[key]), key
     assert metrics["sft.completion_nll"] < metrics["sft.base_completion_nll"]
+    delta_first = metrics["sft.first_token_nll"] - metrics["sft.base_first_token_nll"]
+    assert metrics["sft.forgetting_nll_delta_after_first_token"] == pytest.approx(
+        metrics["sft.forgetting_nll_delta"] - delta_first)
     assert 0 < metrics["sft.lora_trainable_share"] < 1
     model, tokenizer = sft.load_sft_model(tiny_profile)
     assert isinstance(model, GPT2LMHeadModel) and tokenizer.pad_token_id != tokenizer.eos_token_id

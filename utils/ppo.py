@@ -89,7 +89,7 @@ class PPOConfig:
     """Hyperparameters of PPO for language models. Validated on construction (ValueError on bad values)."""
 
     # --- Rollouts -------------------------------------------------------------------------------------
-    total_episodes: int = 9_216
+    total_episodes: int = 4_096
     """episodes (prompt + sampled response) over the whole run; updates = total_episodes // batch_size"""
     batch_size: int = 64
     """episodes per update (the rollout batch), summed over all processes"""
@@ -100,7 +100,7 @@ class PPOConfig:
     generation_batch_size: int | None = None
     """episodes sampled together by one generate call, each group from its own random stream, so a
     group's samples do not depend on which process draws it; None: the whole per-process batch"""
-    response_length: int = 64
+    response_length: int = 48
     """most tokens sampled per response; a response that has not emitted EOS by then is cut off"""
     temperature: float = 1.0
     """sampling temperature; the logits are divided by it in the rollout AND in every training forward

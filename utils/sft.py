@@ -71,7 +71,7 @@ class SFTConfig:
     lora_dropout: float = 0.0  # dropout on the LoRA input; none needed for a short run
     lora_lr: float = 5e-3  # LoRA trains few weights from a zero update: it needs a larger step
     lora_target_modules: tuple[str, ...] = ("c_attn", "c_proj", "c_fc")  # GPT-2 attention and MLP matrices
-    train_lora: bool = True  # also train the LoRA variant in the pipeline stage (for the comparison)
+    train_lora: bool = False  # also train the LoRA variant in the stage (+12 min on 2 cores; notebook 06 demos it)
     eval_max_new_tokens: int = 96  # greedy decoding budget (the longest reference is ~60 tokens)
     eval_batch_size: int = 128  # prompts decoded together
     seed: int = 0  # TRL's seed: batch order and LoRA init
@@ -315,6 +315,24 @@ def completion_nll(model: nn.Module, tokenizer: PreTrainedTokenizerBase, rows: S
     return total / count
 
 
+@torch.no_grad()
+def first_token_nll(model: nn.Module, sequences: Sequence[Sequence[int]], batch_size: int = 512) -> float:
+    """Mean NLL (nats) of each sequence's first token after BOS: -log p(x_1 | BOS).
+
+    Completion-only SFT never trains this prediction (every SFT sequence starts BOS + prompt, and the
+    prompt is masked), so it drifts freely; separating it from the rest of the review NLL tells
+    forgetting of the language from forgetting of how reviews begin.
+    """
+    model.eval()
+    firsts = torch.tensor([s[:2] for s in sequences])  # (N, 2): BOS and the first token
+    total = 0.0
+    for start in range(0, len(firsts), batch_size):
+        chunk = firsts[start:start + batch_size]
+        logprobs = torch.log_softmax(model(input_ids=chunk[:, :1]).logits[:, -1].float(), dim=-1)  # (B, V)
+        total -= logprobs.gather(-1, chunk[:, 1:]).sum().item()
+    return total / len(firsts)
+
+
 def requested_sentiment(prompt: str) -> bool | None:
     """True/False for "Write a positive/negative review ...", None for other prompts."""
     if not prompt.startswith("Write a "):
@@ -397,6 +415,7 @@ def sft_dir(profile: Profile | None = None) -> Path:
         val = encode_reviews(reviews, tokenizer)
         evaluate = dict(max_new_tokens=config.eval_max_new_tokens, batch_size=config.eval_batch_size)
         meta = {"base_review_nll": nll_per_review(base, val, tokenizer.pad_token_id),
+                "base_first_token_nll": first_token_nll(base, val),
                 "base_completion_nll": completion_nll(base, tokenizer, test_rows)}
 
         set_seed(config.seed)
@@ -410,6 +429,10 @@ def sft_dir(profile: Profile | None = None) -> Path:
                     completion_nll=completion_nll(model, tokenizer, test_rows),
                     review_nll=nll_per_review(model, val, tokenizer.pad_token_id))
         meta["forgetting_nll_delta"] = meta["review_nll"] - meta["base_review_nll"]
+        meta["first_token_nll"] = first_token_nll(model, val)
+        # The part of the forgetting that is not the (never trained) first token of a review.
+        meta["forgetting_nll_delta_after_first_token"] = (
+            meta["forgetting_nll_delta"] - (meta["first_token_nll"] - meta["base_first_token_nll"]))
         logs = {"full": report["log"]}
 
         if config.train_lora:
