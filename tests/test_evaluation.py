@@ -303,3 +303,18 @@ def test_health_report_flags_what_went_wrong():
     assert tail["KL to the reference"]["end"] == pytest.approx(11.0) and not tail["KL to the reference"]["ok"]
     with pytest.raises(ValueError, match="no 'objective/kl'"):
         ev.health_report([{"episode": 1}])
+
+
+def test_sweep_cache_ignores_what_the_sweep_overrides(tiny_profile):
+    """The sweep sets beta and the run length itself: retuning the main run's beta must reuse the cached
+    sweep, while a hyperparameter the sweep's runs do use (the learning rate) must invalidate it."""
+    import dataclasses
+
+    from utils.artifacts import config_key
+
+    def key(**ppo_changes):
+        profile = dataclasses.replace(tiny_profile, ppo=dataclasses.replace(tiny_profile.ppo, **ppo_changes))
+        return config_key(ev._sweep_key(profile))
+
+    assert key(kl_coef=0.5, total_episodes=128, adaptive_kl=True) == key()
+    assert key(lr=1e-5) != key()

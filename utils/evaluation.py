@@ -530,7 +530,12 @@ def _sweep_key(profile: Profile) -> dict:
     from utils.ppo import _ppo_key
 
     config = eval_config(profile)
-    return {**_ppo_key(profile), "sweep": config.sweep, "temperature": config.temperature,
+    # The sweep sets beta, the run length and the seed of its runs itself, so the main run's values of
+    # those fields are not part of what it depends on (retuning the main run's beta reuses the sweep).
+    runs = dataclasses.replace(ppo_config(profile), kl_coef=0.0, adaptive_kl=False, use_lora=False,
+                               total_episodes=config.sweep.total_episodes, checkpoint_every=0,
+                               generation_batch_size=None, seed=config.seed)
+    return {**_ppo_key(profile), "ppo": runs, "sweep": config.sweep, "temperature": config.temperature,
             "max_new_tokens": config.max_new_tokens, "seed": config.seed}
 
 

@@ -89,8 +89,10 @@ class PPOConfig:
     """Hyperparameters of PPO for language models. Validated on construction (ValueError on bad values)."""
 
     # --- Rollouts -------------------------------------------------------------------------------------
-    total_episodes: int = 4_096
-    """episodes (prompt + sampled response) over the whole run; updates = total_episodes // batch_size"""
+    total_episodes: int = 1_536
+    """episodes (prompt + sampled response) over the whole run; updates = total_episodes // batch_size.
+    Short on purpose: against our length-biased reward model the gold reward peaks after ~1,000-1,500
+    episodes and then falls while the proxy keeps rising (notebook 11)"""
     batch_size: int = 64
     """episodes per update (the rollout batch), summed over all processes"""
     num_minibatches: int = 2
@@ -100,8 +102,9 @@ class PPOConfig:
     generation_batch_size: int | None = None
     """episodes sampled together by one generate call, each group from its own random stream, so a
     group's samples do not depend on which process draws it; None: the whole per-process batch"""
-    response_length: int = 48
-    """most tokens sampled per response; a response that has not emitted EOS by then is cut off"""
+    response_length: int = 32
+    """most tokens sampled per response; a response that has not emitted EOS by then is cut off (and
+    penalised). SFT answers are ~15 tokens; a tight budget limits how far PPO can chase the RM's length bias"""
     temperature: float = 1.0
     """sampling temperature; the logits are divided by it in the rollout AND in every training forward
     pass, so the log-probabilities PPO optimises are those of the distribution that was sampled"""
@@ -135,8 +138,9 @@ class PPOConfig:
     """weight of the entropy bonus; 0 as in RLHF practice: the KL penalty already keeps the policy broad"""
 
     # --- Rewards --------------------------------------------------------------------------------------
-    kl_coef: float = 0.05
-    """beta: weight of the per-token KL penalty -beta * (log p - log p_ref); the initial value if adaptive"""
+    kl_coef: float = 0.2
+    """beta: weight of the per-token KL penalty -beta * (log p - log p_ref); the initial value if adaptive.
+    0.2 for the course: at 0.05 or less our policy trades grammar for the RM's favourite (long) answers"""
     kl_estimator: str = "k1"
     """per-token KL in the reward: "k1" = log p - log p_ref (TRL's default) or "k3" = (r - 1) - log r"""
     adaptive_kl: bool = False
