@@ -49,7 +49,7 @@ def run(name: str) -> dict:
     trainer = PPOTrainer(config, policy, copy.deepcopy(policy), reward_model_fn(reward_model), prompts, PAD, EOS,
                          value_model=value_model)
     log = trainer.train(progress=False)
-    return {"state": trainer.model.state_dict(), "log": log}
+    return {"state": trainer.model.state_dict(), "log": log, "world_size": Processes.current().world_size}
 
 
 def main(out_path: str) -> None:

@@ -1,7 +1,8 @@
 """Two processes must make the same PPO update as one process with the same global batch.
 
 The worker (tests/ppo_multiprocess_worker.py) trains two tiny configurations; we run it once in this
-process and once under ``torch.distributed.run`` with 2 CPU processes (gloo), then compare every parameter.
+process and with 2 CPU processes (gloo) under each launcher, ``torch.distributed.run`` (torchrun) and
+``accelerate launch``, then compare every parameter.
 Skipped, with the reason, where processes cannot be launched or cannot talk to each other.
 """
 from __future__ import annotations
@@ -19,28 +20,38 @@ WORKER = ROOT / "tests" / "ppo_multiprocess_worker.py"
 TIME_STATS = ("eps", "tokens_per_second", "time/")
 
 
-def launch_two_processes(out_path: Path) -> subprocess.CompletedProcess:
+LAUNCHERS = {
+    "torchrun": ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+    # accelerate's torchrun-based launcher is behind --multi_gpu; without CUDA its processes run on the CPU
+    # (gloo). Its --cpu flag would instead start ONE process unless MPI is set up.
+    "accelerate": ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                   "--mixed_precision", "no", "--dynamo_backend", "no"],
+}
+
+
+def launch_two_processes(out_path: Path, launcher: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(WORKER), str(out_path)]
+    command = [sys.executable, *LAUNCHERS[launcher], str(WORKER), str(out_path)]
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
 
 
-@pytest.fixture(scope="module")
-def two_process_results(tmp_path_factory):
+@pytest.fixture(scope="module", params=sorted(LAUNCHERS))
+def two_process_results(request, tmp_path_factory):
     if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
         pytest.skip("torch.distributed with the gloo backend is not available in this build of PyTorch")
     out_path = tmp_path_factory.mktemp("ppo_mp") / "two.pt"
     try:
-        result = launch_two_processes(out_path)
+        result = launch_two_processes(out_path, request.param)
     except (OSError, subprocess.TimeoutExpired) as err:
         pytest.skip(f"could not launch 2 processes: {err}")
     if result.returncode != 0:
         if any(s in result.stderr for s in ("Address family not supported", "Permission denied",
                                             "Cannot assign requested address", "errno: 97", "errno: 99")):
             pytest.skip(f"processes cannot connect on this machine: {result.stderr.strip().splitlines()[-1]}")
-        pytest.fail(f"the 2-process run failed:\n{result.stderr[-4000:]}")
-    return torch.load(out_path, weights_only=False)
+        pytest.fail(f"the 2-process run ({request.param}) failed:\n{result.stderr[-4000:]}")
+    results = torch.load(out_path, weights_only=False)
+    assert all(r["world_size"] == 2 for r in results.values()), "the launcher did not start 2 processes"
+    return results
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,8 @@ The trainer takes plain modules (a policy LM, a reference LM, optionally a value
 *function* of token ids, so it works with any scorer: a reward model (:func:`reward_model_fn`), a rule on
 the decoded text (:func:`text_reward_fn`), or a toy rule in a test.
 
-Several processes (``torchrun`` or ``accelerate launch --num_processes 2 --cpu``) split every batch
+Several processes (``torchrun --nproc_per_node 2 train.py``, or ``accelerate launch --multi_gpu
+--num_processes 2 train.py``, which on a machine without CUDA starts CPU processes) split every batch
 between them; gradients are summed and every statistic that needs the whole batch (advantage whitening,
 reward normalisation, logged means) is computed across processes, so that 2 processes make *the same
 update* as 1 process with the same global batch (``tests/test_ppo_multiprocess.py``).
