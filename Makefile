@@ -16,7 +16,8 @@ NBVAL_FLAGS := --nbval-lax --nbval-sanitize-with notebooks/nbval_sanitize.cfg
 # it runs top to bottom in the time budget with the artifacts of the default pipeline.
 FINISHED := 00_setup_and_tour 01_self_attention 02_transformer_architecture \
             03_tokenizers_and_embeddings 04_causal_lm_training 05_decoding \
-            07_preference_data_and_human_feedback 09_rl_basics_and_ppo
+            06_instruction_finetuning 07_preference_data_and_human_feedback 08_reward_model \
+            09_rl_basics_and_ppo
 NOTEBOOKS := $(foreach n,$(FINISHED),notebooks/$(n).ipynb notebooks/solutions/$(n)_solutions.ipynb)
 
 .PHONY: setup run test unit notebooks bench lint freeze clean

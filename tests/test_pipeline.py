@@ -37,6 +37,8 @@ def test_metrics_are_merged_not_overwritten(tiny_results):
     pipeline.update_metrics({"a.x": 1})
     pipeline.update_metrics({"b.y": 2})
     assert json.loads(path.read_text()) == {"a.x": 1, "b.y": 2}
+    pipeline.update_metrics({"a.z": 3}, stage="a")  # a stage's fresh keys replace all of its old ones
+    assert json.loads(path.read_text()) == {"a.z": 3, "b.y": 2}
 
 
 def test_data_stage_formats_and_determinism(tiny_profile):

@@ -57,9 +57,9 @@ def test_bradley_terry_loss_matches_hand_computation_and_logsigmoid():
 
 
 def test_bradley_terry_loss_is_stable_and_has_the_right_gradient():
-    diff = torch.tensor([-200.0, -5.0, 0.3, 200.0], requires_grad=True)
-    ours = rm.bradley_terry_loss(diff, torch.zeros(4), reduction="none")
-    torch.testing.assert_close(ours, torch.tensor([200.0, math.log1p(math.exp(5.0)),
+    diff = torch.tensor([-200.0, -5.0, 0.0, 0.3, 200.0], requires_grad=True)  # 0: a kink of the hand-written form
+    ours = rm.bradley_terry_loss(diff, torch.zeros(5), reduction="none")
+    torch.testing.assert_close(ours, torch.tensor([200.0, math.log1p(math.exp(5.0)), math.log(2.0),
                                                    math.log1p(math.exp(-0.3)), 0.0]))
     (grad,) = torch.autograd.grad(ours.sum(), diff)
     torch.testing.assert_close(grad, -torch.sigmoid(-diff.detach()))  # d/dx log(1 + e^-x) = -sigmoid(-x)

@@ -220,10 +220,16 @@ def metrics_path() -> Path:
     return results_dir() / "metrics.json"
 
 
-def update_metrics(new: dict) -> dict:
-    """Merge ``new`` into ``results/metrics.json`` (atomically) and return the whole file."""
+def update_metrics(new: dict, stage: str | None = None) -> dict:
+    """Merge ``new`` into ``results/metrics.json`` (atomically) and return the whole file.
+
+    With ``stage``, the file's old ``<stage>.*`` keys are dropped first, so a key that a stage no longer
+    reports (say, after a config change) does not linger beside the fresh ones.
+    """
     path = metrics_path()
     metrics = json.loads(path.read_text()) if path.is_file() else {}
+    if stage is not None:
+        metrics = {k: v for k, v in metrics.items() if not k.startswith(f"{stage}.")}
     metrics.update(new)
     atomic_write_json(path, metrics)
     return metrics
@@ -241,7 +247,7 @@ def run(stages: list[str] | None = None, profile_name: str | None = None) -> dic
     for stage in stages:
         start = time.perf_counter()
         logger.info("stage %s ...", stage)
-        metrics = update_metrics({**STAGES[stage](profile), "profile": profile.name})
+        metrics = update_metrics({**STAGES[stage](profile), "profile": profile.name}, stage=stage)
         logger.info("stage %s done in %.1f s", stage, time.perf_counter() - start)
     return metrics
 
