@@ -12,12 +12,12 @@ export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 export TOKENIZERS_PARALLELISM := false
 export PYTHONHASHSEED := 0
 NBVAL_FLAGS := --nbval-lax --nbval-sanitize-with notebooks/nbval_sanitize.cfg
-# The notebooks nbval runs: every finished chapter and its solutions. A chapter joins this list when
-# it runs top to bottom in the time budget with the artifacts of the default pipeline.
+# The notebooks nbval runs: every chapter and its solutions (each runs top to bottom in 3 minutes or
+# less with the artifacts of the default pipeline).
 FINISHED := 00_setup_and_tour 01_self_attention 02_transformer_architecture \
             03_tokenizers_and_embeddings 04_causal_lm_training 05_decoding \
             06_instruction_finetuning 07_preference_data_and_human_feedback 08_reward_model \
-            09_rl_basics_and_ppo
+            09_rl_basics_and_ppo 10_ppo_rlhf 11_evaluation_and_reward_hacking
 NOTEBOOKS := $(foreach n,$(FINISHED),notebooks/$(n).ipynb notebooks/solutions/$(n)_solutions.ipynb)
 
 .PHONY: setup run test unit notebooks bench lint freeze clean
