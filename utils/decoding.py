@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -328,3 +329,16 @@ def next_token_distribution(
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
     probs = F.softmax(process_logits(logits[:, -1].float(), temperature, top_k, top_p), dim=-1)  # (B, V)
     return probs[0] if single else probs
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_token_id: int, length: int | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists -> (input_ids, attention_mask), both (B, P), padded on the LEFT so generation appends
+    new tokens right after the last real one. ``length`` defaults to the longest prompt."""
+    length = length or max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), length), pad_token_id, dtype=torch.long)  # (B, P)
+    attention_mask = torch.zeros(len(prompts), length, dtype=torch.long)
+    for i, prompt in enumerate(prompts):
+        input_ids[i, length - len(prompt):] = torch.as_tensor(prompt, dtype=torch.long)
+        attention_mask[i, length - len(prompt):] = 1
+    return input_ids, attention_mask

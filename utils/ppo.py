@@ -61,7 +61,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from utils.decoding import SamplingConfig, generate_with_logprobs
+from utils.decoding import SamplingConfig, generate_with_logprobs, left_pad  # noqa: F401 (left_pad: re-exported)
 from utils.ppo_losses import (AdaptiveKLController, FixedKLController, clipped_policy_loss,
                               clipped_value_loss, entropy_from_logits, gae_for_token_sequences, kl_k1, kl_k3,
                               masked_mean)
@@ -320,19 +320,6 @@ def derived_seed(*keys: int) -> int:
 
 
 PROMPT_STREAM, SAMPLING_STREAM, MINIBATCH_STREAM = 0, 1, 2  # the three uses of randomness
-
-
-def left_pad(prompts: Sequence[Sequence[int]], pad_token_id: int, length: int | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token lists -> (input_ids, attention_mask), both (B, P), padded on the LEFT so generation appends
-    new tokens right after the last real one. ``length`` defaults to the longest prompt."""
-    length = length or max(len(p) for p in prompts)
-    input_ids = torch.full((len(prompts), length), pad_token_id, dtype=torch.long)  # (B, P)
-    attention_mask = torch.zeros(len(prompts), length, dtype=torch.long)
-    for i, prompt in enumerate(prompts):
-        input_ids[i, length - len(prompt):] = torch.as_tensor(prompt, dtype=torch.long)
-        attention_mask[i, length - len(prompt):] = 1
-    return input_ids, attention_mask
 
 
 def position_ids_from(attention_mask: torch.Tensor) -> torch.Tensor:

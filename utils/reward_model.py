@@ -43,7 +43,7 @@ from transformers import (BertConfig, BertForSequenceClassification, GPT2ForSequ
                           PreTrainedModel, PreTrainedTokenizerBase)
 
 from utils import review_world as rw
-from utils.language_model import get_lr
+from utils.language_model import collate, get_lr
 from utils.seed import set_seed
 
 if TYPE_CHECKING:
@@ -181,14 +181,9 @@ def encode_pairs(rows: Sequence[dict], tokenizer: PreTrainedTokenizerBase) -> li
 
 
 def right_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """``input_ids`` and ``attention_mask`` (B, T), padded on the right."""
-    length = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)  # (B, T)
-    attention_mask = torch.zeros_like(input_ids)
-    for i, seq in enumerate(sequences):
-        input_ids[i, :len(seq)] = torch.tensor(seq)
-        attention_mask[i, :len(seq)] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask}
+    """``input_ids`` and ``attention_mask`` (B, T), padded on the right (the LM's collate, without labels)."""
+    batch = collate(sequences, pad_id)
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
 
 def collate_pairs(pairs: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from utils import review_world as rw
-from utils.decoding import SamplingConfig, generate
+from utils.decoding import SamplingConfig, generate, left_pad
 from utils.seed import set_seed
 from utils.text_metrics import corpus_bleu, mean_rouge
 
@@ -255,17 +255,6 @@ def load_for_qlora(model_dir: str | Path, config: SFTConfig):
 # ------------------------------------------------------------------------------------------------
 # Evaluation
 # ------------------------------------------------------------------------------------------------
-def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask), both (B, T), padded on the LEFT: generation appends on the right."""
-    length = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)  # (B, T)
-    attention_mask = torch.zeros_like(input_ids)
-    for i, seq in enumerate(sequences):
-        input_ids[i, length - len(seq):] = torch.tensor(seq)
-        attention_mask[i, length - len(seq):] = 1
-    return input_ids, attention_mask
-
-
 @torch.no_grad()
 def greedy_completions(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
                        max_new_tokens: int = 96, batch_size: int = 128) -> list[str]:
