@@ -201,6 +201,15 @@ def test_configs_reject_bad_values():
         ev.SweepConfig(evaluations=0)
     with pytest.raises(ValueError, match="temperature"):
         ev.EvalConfig(temperature=0.0)
+    with pytest.raises(ValueError, match="SweepConfig.temperature"):
+        ev.SweepConfig(temperature=-1.0)
+
+
+def test_evaluation_samples_at_the_ppo_temperature_unless_told_otherwise(tokenizer):
+    ppo = PPOConfig(temperature=0.7, response_length=20)
+    assert ev.sampling_config(ev.EvalConfig(), ppo, tokenizer).temperature == 0.7
+    assert ev.sampling_config(ev.EvalConfig(temperature=1.3), ppo, tokenizer).temperature == 1.3
+    assert ev.sampling_config(ev.EvalConfig(), ppo, tokenizer).max_new_tokens == 20
 
 
 # ------------------------------------------------------------------------------------------------
@@ -218,7 +227,9 @@ def test_sweep_one_record_per_beta_and_kl_falls_with_beta(tiny_base_lm, tiny_pro
     sweep = ev.SweepConfig(betas=(0.0, 1.0, 10.0), total_episodes=128, batch_size=16, evaluations=2,
                            eval_prompts=32, samples_kept=3)
     before = {k: v.clone() for k, v in policy.state_dict().items()}
-    records = ev.kl_sweep(policy, proxy, tokenizer, train, test, ppo, sweep, sampling(tokenizer, 16), seed=0)
+    records = ev.kl_sweep(policy, proxy, tokenizer, train, test, ppo, sweep,
+                          sampling(tokenizer, 16, temperature=0.5), seed=0)
+    start, _ = ev.evaluate_policy(policy, policy, proxy, tokenizer, test[:32], sampling(tokenizer, 16), seed=0)
 
     assert [r["beta"] for r in records] == [0.0, 1.0, 10.0]
     for r in records:
@@ -229,6 +240,10 @@ def test_sweep_one_record_per_beta_and_kl_falls_with_beta(tiny_base_lm, tiny_pro
         assert set(ev.METRICS) <= set(r)
     kls = [r["kl"] for r in records]
     assert kls[0] > kls[1] > kls[2] > 0  # a sign error in the KL penalty would reverse this
+    # The runs and their evaluations use the sweep's temperature (1), not the sampling config's (0.5) nor
+    # PPO's (0.7): the start's entropy estimate is that of the untempered policy.
+    assert ppo.temperature == 0.7 and sweep.temperature == 1.0
+    assert records[0]["checkpoints"][0]["entropy"] == pytest.approx(start["entropy"], rel=1e-6)
     assert records[0]["proxy_reward"] > records[0]["checkpoints"][0]["proxy_reward"]  # PPO did learn
     assert all(torch.equal(before[k], v) for k, v in policy.state_dict().items())  # the input is untouched
 

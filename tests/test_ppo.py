@@ -436,3 +436,21 @@ def test_ppo_stage_on_the_tiny_profile(tiny_profile):
     policy, tokenizer = load_ppo_policy(tiny_profile)
     assert policy.config.vocab_size == len(tokenizer)
     assert ppo_stage(tiny_profile) == metrics  # cached: the second call loads, it does not retrain
+
+    # The stage measures with the evaluation module's evaluate_policy (one implementation), at the PPO
+    # temperature, on its own sampling seed: re-measuring the saved policy gives the stage's numbers.
+    from utils import evaluation as ev
+    from utils.pipeline import load_dataset_rows
+    from utils.reward_model import load_reward_model
+    from utils.sft import load_sft_model
+
+    sft, _ = load_sft_model(tiny_profile)
+    reward_model, _ = load_reward_model(tiny_profile)
+    sampling = ev.sampling_config(ev.eval_config(tiny_profile), tiny_profile.ppo, tokenizer)
+    assert sampling.temperature == tiny_profile.ppo.temperature
+    prompts = [r["prompt"] for r in load_dataset_rows("rl_prompts_test", tiny_profile)]
+    again, _ = ev.evaluate_policy(policy, sft, reward_model_fn(reward_model.requires_grad_(False)), tokenizer,
+                                  prompts, sampling, seed=tiny_profile.ppo.seed + 1)
+    for key in ("gold_reward", "proxy_reward", "positive_fraction", "grammatical_fraction"):
+        assert metrics[f"ppo.{key}_after"] == pytest.approx(again[key], abs=1e-6), key
+    assert metrics["ppo.kl_to_ref"] == pytest.approx(again["kl"], abs=1e-4)

@@ -70,6 +70,11 @@ class SweepConfig:
     """held-out prompts per evaluation (the first ones of rl_prompts_test); fewer is faster but noisier"""
     samples_kept: int = 8
     """final samples stored per run, for the notebooks' before/after displays"""
+    temperature: float | None = 1.0
+    """sampling temperature of every run (training and evaluations); None: the PPO config's. 1, not the main
+    run's 0.7: the untempered policy reaches the reward model's blind spots within the 1,024 episodes a run
+    can afford here. At 0.7 the same hack comes later (beta 0 over 4,096 episodes: gold +0.01 -> -1.14 after
+    576 episodes, -2.0 (nothing grammatical) from ~1,600 on, KL 189 nats; 1,024-episode runs stop before it)"""
 
     def __post_init__(self) -> None:
         if not self.betas or any(not (isinstance(b, (int, float)) and math.isfinite(b) and b >= 0) for b in self.betas):
@@ -81,6 +86,8 @@ class SweepConfig:
                 raise ValueError(f"SweepConfig.{name} must be an int >= 1, got {getattr(self, name)!r}")
         if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
             raise ValueError(f"SweepConfig.batch_size must be None or an int >= 1, got {self.batch_size!r}")
+        if self.temperature is not None and not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
+            raise ValueError(f"SweepConfig.temperature must be None or a number > 0, got {self.temperature!r}")
 
 
 @dataclass(frozen=True)
@@ -89,8 +96,9 @@ class EvalConfig:
 
     num_prompts: int = 256
     """held-out prompts (rl_prompts_test) for the SFT-vs-PPO comparison"""
-    temperature: float = 1.0
-    """sampling temperature; 1 = the policy's own distribution, so the KL estimate is KL(policy || reference)"""
+    temperature: float | None = None
+    """sampling temperature; None: the PPO config's temperature, i.e. the distribution PPO trained (and whose
+    KL to the reference, tempered alike, the penalty held down)"""
     max_new_tokens: int | None = None
     """response budget in tokens; None: the PPO config's response_length (what the policy was trained with)"""
     batch_size: int = 128
@@ -106,8 +114,8 @@ class EvalConfig:
         for name in ("num_prompts", "batch_size", "table_rows"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"EvalConfig.{name} must be an int >= 1, got {getattr(self, name)!r}")
-        if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
-            raise ValueError(f"EvalConfig.temperature must be a number > 0, got {self.temperature!r}")
+        if self.temperature is not None and not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
+            raise ValueError(f"EvalConfig.temperature must be None or a number > 0, got {self.temperature!r}")
         if self.max_new_tokens is not None and (not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1):
             raise ValueError(f"EvalConfig.max_new_tokens must be None or an int >= 1, got {self.max_new_tokens!r}")
         if not isinstance(self.seed, int) or self.seed < 0:
@@ -134,9 +142,9 @@ def ppo_config(profile: Profile) -> PPOConfig:
 
 
 def sampling_config(config: EvalConfig, ppo: PPOConfig, tokenizer: PreTrainedTokenizerBase) -> SamplingConfig:
-    """Pure sampling at the evaluation temperature, with the response budget PPO trained with."""
+    """Pure sampling with the temperature and response budget PPO trained with (unless ``config`` sets them)."""
     return SamplingConfig(max_new_tokens=config.max_new_tokens or ppo.response_length,
-                          temperature=config.temperature, eos_token_id=tokenizer.eos_token_id,
+                          temperature=config.temperature or ppo.temperature, eos_token_id=tokenizer.eos_token_id,
                           pad_token_id=tokenizer.pad_token_id)
 
 
@@ -277,8 +285,9 @@ def kl_sweep(policy: nn.Module, proxy_fn: RewardFn, tokenizer: PreTrainedTokeniz
 
     Every run starts from the same policy, uses the same prompts and seeds, and differs only in beta (fixed,
     no adaptive controller). The reference is a frozen copy of ``policy``. ``ppo`` supplies every other
-    hyperparameter; ``sweep`` the run length, batch size and evaluation schedule. ``value_model`` (a copy
-    of it is trained per run) is needed when ``ppo.value_model == "model"``.
+    hyperparameter; ``sweep`` the run length, batch size, temperature and evaluation schedule; ``sampling``
+    how the evaluations sample (at the runs' temperature, whatever its own). ``value_model`` (a copy of it
+    is trained per run) is needed when ``ppo.value_model == "model"``.
 
     Returns one record per beta: ``{"beta", <final METRICS>, "train_seconds", "checkpoints": [{"update",
     "episodes", <METRICS>}, ...], "log": <the trainer's per-update log>, "samples": [...]}``. The first
@@ -289,6 +298,8 @@ def kl_sweep(policy: nn.Module, proxy_fn: RewardFn, tokenizer: PreTrainedTokeniz
     if not train_prompts or not eval_prompts:
         raise ValueError("train_prompts and eval_prompts must be non-empty")
     batch_size = sweep.batch_size or ppo.batch_size
+    temperature = sweep.temperature or ppo.temperature
+    sampling = dataclasses.replace(sampling, temperature=temperature)  # evaluate what was trained
     minibatches = ppo.num_minibatches if batch_size % ppo.num_minibatches == 0 else 1
     reference = copy.deepcopy(policy).eval().requires_grad_(False)
     train_ids = tokenizer(list(train_prompts))["input_ids"]
@@ -304,7 +315,7 @@ def kl_sweep(policy: nn.Module, proxy_fn: RewardFn, tokenizer: PreTrainedTokeniz
     for beta in sweep.betas:
         config = dataclasses.replace(ppo, kl_coef=float(beta), adaptive_kl=False, total_episodes=sweep.total_episodes,
                                      batch_size=batch_size, num_minibatches=minibatches, generation_batch_size=None,
-                                     use_lora=False, checkpoint_every=0, seed=seed)
+                                     use_lora=False, checkpoint_every=0, seed=seed, temperature=temperature)
         trainer = PPOTrainer(config, copy.deepcopy(policy), reference, proxy_fn, train_ids, tokenizer.pad_token_id,
                              tokenizer.eos_token_id, gold_fn=gold_fn,
                              value_model=copy.deepcopy(value_model) if value_model is not None else None)
@@ -526,17 +537,22 @@ def _eval_key(profile: Profile) -> dict:
 
 def _sweep_key(profile: Profile) -> dict:
     """The sweep trains its own runs from the SFT policy against the reward model, with PPO's hyperparameters
-    (all named by ``_ppo_key``), and samples as the evaluation does; it does not use the trained PPO policy."""
+    (all named by ``_ppo_key``) but its own temperature; it does not use the trained PPO policy."""
     from utils.ppo import _ppo_key
 
     config = eval_config(profile)
     # The sweep sets beta, the run length and the seed of its runs itself, so the main run's values of
     # those fields are not part of what it depends on (retuning the main run's beta reuses the sweep).
-    runs = dataclasses.replace(ppo_config(profile), kl_coef=0.0, adaptive_kl=False, use_lora=False,
+    # The sweep sets its own temperature too (SweepConfig.temperature, for training and evaluation alike).
+    ppo = ppo_config(profile)
+    runs = dataclasses.replace(ppo, kl_coef=0.0, adaptive_kl=False, use_lora=False,
                                total_episodes=config.sweep.total_episodes, checkpoint_every=0,
-                               generation_batch_size=None, seed=config.seed)
-    return {**_ppo_key(profile), "ppo": runs, "sweep": config.sweep, "temperature": config.temperature,
-            "max_new_tokens": config.max_new_tokens, "seed": config.seed}
+                               generation_batch_size=None, seed=config.seed,
+                               temperature=config.sweep.temperature or ppo.temperature)
+    key = {**_ppo_key(profile), "ppo": runs, "sweep": config.sweep, "max_new_tokens": config.max_new_tokens,
+           "seed": config.seed}
+    key.pop("evaluation_sampling")  # the main run's evaluation temperature is not the sweep's
+    return key
 
 
 def _course_models(profile: Profile):
@@ -615,7 +631,7 @@ def eval_dir(profile: Profile | None = None) -> Path:
         meta.update({f"ppo.{k}": v for k, v in ppo_metrics.items()})
         meta.update(win_rate_vs_sft=(wins + 0.5 * ties) / len(prompts), wins=wins, ties=ties, losses=losses,
                     proxy_win_rate_vs_sft=win_rate(*whole, judge=_proxy_judge(ppo_samples + sft_samples)),
-                    seconds=time.perf_counter() - start)
+                    temperature=sampling.temperature, seconds=time.perf_counter() - start)
         return meta
 
     return get_or_build("eval", _eval_key(profile), build)
@@ -673,7 +689,8 @@ def _samples_markdown(meta: dict, table: str, records: Sequence[dict]) -> str:
     means = "\n".join(f"| {k} | {meta[f'sft.{k}']:.3f} | {meta[f'ppo.{k}']:.3f} |" for k in METRICS)
     return (
         "# Samples before (SFT) and after PPO\n\n"
-        "Held-out review openings (`rl_prompts_test`), one sample each at temperature 1 from the SFT policy and "
+        f"Held-out review openings (`rl_prompts_test`), one sample each at temperature {meta['temperature']:g} "
+        "(the temperature PPO trained at) from the SFT policy and "
         "from the PPO policy (the same random seed). *gold*: the review world's true reward (sentiment in "
         "[-1, 1], -2 if the text is not a grammatical review); *proxy*: the reward model's normalised score.\n\n"
         + table + "\n## Means over all held-out prompts\n\n| metric | SFT | PPO |\n|---|---:|---:|\n" + means
