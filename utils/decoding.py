@@ -153,7 +153,7 @@ def _accepts_kwarg(model: torch.nn.Module, name: str) -> bool:
     return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
-def _position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions 0, 1, 2, ... counted over real tokens only, so a left-padded row sees the same positions
     as the unpadded prompt. Pad slots get 0 (their value is irrelevant: they are masked out)."""
     position_ids = attention_mask.long().cumsum(-1) - 1  # (B, T)
@@ -220,7 +220,7 @@ def generate_with_logprobs(
         position_ids = torch.arange(prompt_len, device=device).expand(batch_size, -1)  # (B, T)
         full_mask = None
     else:
-        position_ids = _position_ids_from_mask(attention_mask)  # (B, T)
+        position_ids = position_ids_from_mask(attention_mask)  # (B, T)
         if bool(attention_mask.all()):
             full_mask = None
         else:
@@ -325,7 +325,7 @@ def next_token_distribution(
         input_ids = input_ids[None]  # (1, T)
         attention_mask = attention_mask[None] if attention_mask is not None else None
     _check_inputs(input_ids, attention_mask)
-    position_ids = None if attention_mask is None else _position_ids_from_mask(attention_mask)
+    position_ids = None if attention_mask is None else position_ids_from_mask(attention_mask)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
     probs = F.softmax(process_logits(logits[:, -1].float(), temperature, top_k, top_p), dim=-1)  # (B, V)
     return probs[0] if single else probs

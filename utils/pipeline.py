@@ -9,7 +9,6 @@ whether or not the pipeline ran before. Each stage's measured figures are merged
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys

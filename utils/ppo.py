@@ -62,7 +62,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from utils.decoding import SamplingConfig, generate_with_logprobs, left_pad  # noqa: F401 (left_pad: re-exported)
+from utils.decoding import left_pad, position_ids_from_mask  # noqa: F401 (left_pad: re-exported)
 from utils.ppo_losses import (AdaptiveKLController, FixedKLController, clipped_policy_loss,
                               clipped_value_loss, entropy_from_logits, gae_for_token_sequences, kl_k1, kl_k3,
                               masked_mean)
@@ -148,7 +148,9 @@ class PPOConfig:
     """beta: weight of the per-token KL penalty -beta * (log p - log p_ref); the initial value if adaptive.
     0.2 for the course: at 0.05 or less our policy trades grammar for the RM's favourite (long) answers"""
     kl_estimator: str = "k1"
-    """per-token KL in the reward: "k1" = log p - log p_ref (TRL's default) or "k3" = (r - 1) - log r"""
+    """per-token KL in the reward: "k1" = log p - log p_ref (TRL's default) or "k3" = (r - 1) - log r. Both
+    estimate the KL without bias, but as a reward k3 does not give the KL's gradient: on the course the policy
+    then answered in ~4 tokens at twice the KL (REPORT.md, PPO chapter). Both are always logged"""
     adaptive_kl: bool = False
     """let beta follow Ziegler et al.'s controller towards kl_target instead of keeping it fixed"""
     kl_target: float = 6.0
@@ -327,11 +329,6 @@ def derived_seed(*keys: int) -> int:
 PROMPT_STREAM, SAMPLING_STREAM, MINIBATCH_STREAM = 0, 1, 2  # the three uses of randomness
 
 
-def position_ids_from(attention_mask: torch.Tensor) -> torch.Tensor:
-    """0, 1, 2, ... over real tokens only, so a left-padded row sees the positions of the unpadded text."""
-    return (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
-
-
 def last_true_index(mask: torch.Tensor) -> torch.Tensor:
     """(B, T) mask -> (B,) index of the last set position of each row (0 for an empty row)."""
     positions = torch.arange(mask.shape[1], device=mask.device)
@@ -350,7 +347,7 @@ def hidden_states(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     if bool(attention_mask.all()):
         return backbone(input_ids=input_ids, use_cache=False).last_hidden_state
     return backbone(input_ids=input_ids, attention_mask=attention_mask,
-                    position_ids=position_ids_from(attention_mask), use_cache=False).last_hidden_state
+                    position_ids=position_ids_from_mask(attention_mask), use_cache=False).last_hidden_state
 
 
 def lm_head(model: nn.Module) -> nn.Module:
@@ -487,7 +484,7 @@ def sample_responses(policy: nn.Module, queries: torch.Tensor, query_mask: torch
     values = torch.zeros(B, max_new_tokens) if value_head is not None else None
     unfinished = torch.ones(B, dtype=torch.bool)
 
-    tokens, positions = queries, position_ids_from(query_mask)  # (B, P) first, then (B, 1)
+    tokens, positions = queries, position_ids_from_mask(query_mask)  # (B, P) first, then (B, 1)
     start, steps = 0, 0  # cache slots filled so far; response tokens sampled so far
     for step in range(max_new_tokens):
         n = tokens.shape[1]  # P at prefill, then 1

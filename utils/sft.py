@@ -25,7 +25,6 @@ positive review?), and catastrophic forgetting: the NLL of plain reviews before 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import importlib.util
 import os
 import tempfile
