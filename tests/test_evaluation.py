@@ -243,6 +243,7 @@ def test_sweep_one_record_per_beta_and_kl_falls_with_beta(tiny_base_lm, tiny_pro
     # The runs and their evaluations use the sweep's temperature (1), not the sampling config's (0.5) nor
     # PPO's (0.7): the start's entropy estimate is that of the untempered policy.
     assert ppo.temperature == 0.7 and sweep.temperature == 1.0
+    assert all(r["temperature"] == 1.0 for r in records)  # what each run trained at
     assert records[0]["checkpoints"][0]["entropy"] == pytest.approx(start["entropy"], rel=1e-6)
     assert records[0]["proxy_reward"] > records[0]["checkpoints"][0]["proxy_reward"]  # PPO did learn
     assert all(torch.equal(before[k], v) for k, v in policy.state_dict().items())  # the input is untouched

@@ -289,9 +289,9 @@ def kl_sweep(policy: nn.Module, proxy_fn: RewardFn, tokenizer: PreTrainedTokeniz
     how the evaluations sample (at the runs' temperature, whatever its own). ``value_model`` (a copy of it
     is trained per run) is needed when ``ppo.value_model == "model"``.
 
-    Returns one record per beta: ``{"beta", <final METRICS>, "train_seconds", "checkpoints": [{"update",
-    "episodes", <METRICS>}, ...], "log": <the trainer's per-update log>, "samples": [...]}``. The first
-    checkpoint is the starting policy (update 0, KL 0), shared by all runs.
+    Returns one record per beta: ``{"beta", "temperature" (the run's), <final METRICS>, "train_seconds",
+    "checkpoints": [{"update", "episodes", <METRICS>}, ...], "log": <the trainer's per-update log>,
+    "samples": [...]}``. The first checkpoint is the starting policy (update 0, KL 0), shared by all runs.
     """
     from tqdm.auto import tqdm
 
@@ -330,7 +330,7 @@ def kl_sweep(policy: nn.Module, proxy_fn: RewardFn, tokenizer: PreTrainedTokeniz
             bar.update(update - done)
             bar.set_postfix(beta=f"{beta:g}", kl=f"{metrics['kl']:.1f}", gold=f"{metrics['gold_reward']:+.2f}")
             checkpoints.append({"update": update, "episodes": update * config.batch_size, **metrics})
-        records.append({"beta": float(beta), **metrics, "train_seconds": train_seconds, "checkpoints": checkpoints,
+        records.append({"beta": float(beta), "temperature": config.temperature, **metrics, "train_seconds": train_seconds, "checkpoints": checkpoints,
                         "log": trainer.log, "samples": samples[:sweep.samples_kept]})
     bar.close()
     return records
