@@ -330,8 +330,9 @@ def kl_sweep(policy: nn.Module, proxy_fn: RewardFn, tokenizer: PreTrainedTokeniz
             bar.update(update - done)
             bar.set_postfix(beta=f"{beta:g}", kl=f"{metrics['kl']:.1f}", gold=f"{metrics['gold_reward']:+.2f}")
             checkpoints.append({"update": update, "episodes": update * config.batch_size, **metrics})
-        records.append({"beta": float(beta), "temperature": config.temperature, **metrics, "train_seconds": train_seconds, "checkpoints": checkpoints,
-                        "log": trainer.log, "samples": samples[:sweep.samples_kept]})
+        records.append({"beta": float(beta), "temperature": config.temperature, **metrics,
+                        "train_seconds": train_seconds, "checkpoints": checkpoints, "log": trainer.log,
+                        "samples": samples[:sweep.samples_kept]})
     bar.close()
     return records
 

@@ -169,8 +169,8 @@ class PPOConfig:
     """where the values come from: "head" = a linear head on the policy's last hidden state (shares the
     trunk: one forward and backward pass serve both policy and value, about 1.5x faster per update on a
     CPU; on the course it predicts little, yet the policy it trains is as good, see REPORT.md), or
-    "model" = a separate network initialised from the reward model (TRL's choice and the N-details paper's: no interference between the two losses,
-    and a trunk that already knows what earns reward)"""
+    "model" = a separate network initialised from the reward model (TRL's choice and the N-details paper's:
+    no interference between the two losses, and a trunk that already knows what earns reward)"""
     use_lora: bool = False
     """train the policy as a LoRA adapter; the reference is then the same model with the adapter switched
     off, so only one copy of the weights is in memory (ref_policy must be None)"""
