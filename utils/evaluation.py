@@ -278,6 +278,17 @@ def evaluation_updates(num_updates: int, evaluations: int) -> list[int]:
     return sorted({max(1, round(num_updates * (k + 1) / evaluations)) for k in range(evaluations)})
 
 
+def sweep_run_config(ppo: PPOConfig, sweep: SweepConfig, beta: float, seed: int) -> PPOConfig:
+    """The PPO config of the sweep's run at ``beta``: ``ppo`` with the sweep's run length, batch size and
+    temperature, a fixed beta (no adaptive controller), no LoRA, no checkpoints, and the given seed."""
+    batch_size = sweep.batch_size or ppo.batch_size
+    return dataclasses.replace(ppo, kl_coef=float(beta), adaptive_kl=False, total_episodes=sweep.total_episodes,
+                               batch_size=batch_size,
+                               num_minibatches=ppo.num_minibatches if batch_size % ppo.num_minibatches == 0 else 1,
+                               generation_batch_size=None, use_lora=False, checkpoint_every=0, seed=seed,
+                               temperature=sweep.temperature or ppo.temperature)
+
+
 def kl_sweep(policy: nn.Module, proxy_fn: RewardFn, tokenizer: PreTrainedTokenizerBase, train_prompts: Sequence[str],
              eval_prompts: Sequence[str], ppo: PPOConfig, sweep: SweepConfig, sampling: SamplingConfig,
              seed: int = 0, value_model: nn.Module | None = None, progress: bool = False) -> list[dict]:
@@ -297,10 +308,8 @@ def kl_sweep(policy: nn.Module, proxy_fn: RewardFn, tokenizer: PreTrainedTokeniz
 
     if not train_prompts or not eval_prompts:
         raise ValueError("train_prompts and eval_prompts must be non-empty")
-    batch_size = sweep.batch_size or ppo.batch_size
-    temperature = sweep.temperature or ppo.temperature
-    sampling = dataclasses.replace(sampling, temperature=temperature)  # evaluate what was trained
-    minibatches = ppo.num_minibatches if batch_size % ppo.num_minibatches == 0 else 1
+    runs = sweep_run_config(ppo, sweep, 0.0, seed)  # every run but for its beta
+    sampling = dataclasses.replace(sampling, temperature=runs.temperature)  # evaluate what was trained
     reference = copy.deepcopy(policy).eval().requires_grad_(False)
     train_ids = tokenizer(list(train_prompts))["input_ids"]
     gold_fn = text_reward_fn(rw.gold_reward, tokenizer)
@@ -310,12 +319,9 @@ def kl_sweep(policy: nn.Module, proxy_fn: RewardFn, tokenizer: PreTrainedTokeniz
 
     start_metrics, _ = evaluate(reference)
     records = []
-    bar = tqdm(total=len(sweep.betas) * (sweep.total_episodes // batch_size), desc="KL sweep", unit="update",
-               disable=not progress)
+    bar = tqdm(total=len(sweep.betas) * runs.num_updates, desc="KL sweep", unit="update", disable=not progress)
     for beta in sweep.betas:
-        config = dataclasses.replace(ppo, kl_coef=float(beta), adaptive_kl=False, total_episodes=sweep.total_episodes,
-                                     batch_size=batch_size, num_minibatches=minibatches, generation_batch_size=None,
-                                     use_lora=False, checkpoint_every=0, seed=seed, temperature=temperature)
+        config = sweep_run_config(ppo, sweep, beta, seed)
         trainer = PPOTrainer(config, copy.deepcopy(policy), reference, proxy_fn, train_ids, tokenizer.pad_token_id,
                              tokenizer.eos_token_id, gold_fn=gold_fn,
                              value_model=copy.deepcopy(value_model) if value_model is not None else None)
@@ -539,21 +545,14 @@ def _eval_key(profile: Profile) -> dict:
 def _sweep_key(profile: Profile) -> dict:
     """The sweep trains its own runs from the SFT policy against the reward model, with PPO's hyperparameters
     (all named by ``_ppo_key``) but its own temperature; it does not use the trained PPO policy."""
-    from utils.ppo import _ppo_key
+    from utils.ppo import _ppo_training_key
 
     config = eval_config(profile)
-    # The sweep sets beta, the run length and the seed of its runs itself, so the main run's values of
-    # those fields are not part of what it depends on (retuning the main run's beta reuses the sweep).
-    # The sweep sets its own temperature too (SweepConfig.temperature, for training and evaluation alike).
-    ppo = ppo_config(profile)
-    runs = dataclasses.replace(ppo, kl_coef=0.0, adaptive_kl=False, use_lora=False,
-                               total_episodes=config.sweep.total_episodes, checkpoint_every=0,
-                               generation_batch_size=None, seed=config.seed,
-                               temperature=config.sweep.temperature or ppo.temperature)
-    key = {**_ppo_key(profile), "ppo": runs, "sweep": config.sweep, "max_new_tokens": config.max_new_tokens,
-           "seed": config.seed}
-    key.pop("evaluation_sampling")  # the main run's evaluation temperature is not the sweep's
-    return key
+    # The sweep sets beta, the run length, the temperature and the seed of its runs itself, so the main run's
+    # values of those fields are not part of what it depends on (retuning the main run's beta reuses the sweep).
+    runs = sweep_run_config(ppo_config(profile), config.sweep, 0.0, config.seed)
+    return {**_ppo_training_key(profile), "ppo": runs, "sweep": config.sweep,
+            "max_new_tokens": config.max_new_tokens, "seed": config.seed}
 
 
 def _course_models(profile: Profile):

@@ -1135,18 +1135,23 @@ def plot_dashboard(log: Sequence[dict] | str | Path) -> Figure:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Evaluation and the pipeline stage
+# The pipeline stage
 # ---------------------------------------------------------------------------------------------------------
-@torch.no_grad()
-def _ppo_key(profile: Profile) -> dict:
+def _ppo_training_key(profile: Profile) -> dict:
+    """What a PPO run from the course models depends on: the SFT policy, the reward model, the PPO config."""
     from utils.reward_model import _rm_key
     from utils.sft import _sft_key
 
+    return {**_sft_key(profile), **_rm_key(profile), "ppo": profile.ppo}
+
+
+def _ppo_key(profile: Profile) -> dict:
+    """The ``ppo`` artifact: the run, and its before/after measurement, which samples as the eval stage does."""
     from utils.evaluation import eval_config
 
-    evaluation = eval_config(profile)  # the before/after measurement samples as the eval stage does
-    return {**_sft_key(profile), **_rm_key(profile), "ppo": profile.ppo,
-            "evaluation_sampling": {"temperature": evaluation.temperature, "max_new_tokens": evaluation.max_new_tokens}}
+    evaluation = eval_config(profile)
+    sampling = {"temperature": evaluation.temperature, "max_new_tokens": evaluation.max_new_tokens}
+    return {**_ppo_training_key(profile), "evaluation_sampling": sampling}
 
 
 def ppo_dir(profile: Profile | None = None, progress: bool = True) -> Path:
