@@ -130,19 +130,37 @@ def _buttons(box):
     return {button.description: button for button in box.children[-1].children}
 
 
+def _parts(box):
+    """(progress, prompt, the two option columns, notice) of the widget."""
+    progress, prompt, options, notice = box.children[:4]
+    return progress, prompt, options.children, notice
+
+
+def _shown_option(column) -> str:
+    """The text an option column shows (its second child; the first is its title)."""
+    return column.children[1].value
+
+
+def html_contains(html_value: str, text: str) -> bool:
+    import html
+
+    return html.escape(text) in html_value
+
+
 def test_widget_clicks_drive_the_labeller(tmp_path):
     pytest.importorskip("ipywidgets")
     path = tmp_path / "labels.jsonl"
     pairs = [{"prompt": "Is <this> good?", "completion_a": " yes & more", "completion_b": " no"}] + make_pairs(2)
     labeller = make_labeller(pairs, path)
     box = labelling_widget(labeller)
-    progress, prompt, options = box.children[0], box.children[1], box.children[2]
+    progress, prompt, columns, _ = _parts(box)
     buttons = _buttons(box)
     assert set(buttons) == {"A is better", "B is better", "Tie", "Skip"}
     assert progress.value == "0 / 3 labelled"
     assert "Is &lt;this&gt; good?" in prompt.value  # text is escaped, not rendered as HTML
     first = labeller.current
-    assert html_contains(options.children[0].value, first.option_a)
+    assert html_contains(_shown_option(columns[0]), first.option_a)
+    assert html_contains(_shown_option(columns[1]), first.option_b)
 
     buttons["B is better"].click()
     buttons["Skip"].click()
@@ -156,7 +174,72 @@ def test_widget_clicks_drive_the_labeller(tmp_path):
     assert len(read_lines(path)) == 2
 
 
-def html_contains(html_value: str, text: str) -> bool:
-    import html
+def test_widget_shows_the_options_as_two_boxed_columns(tmp_path):
+    widgets = pytest.importorskip("ipywidgets")
+    labeller = make_labeller([{"prompt": "p", "completion_a": " ok.", "completion_b": " bad."}], tmp_path / "l.jsonl")
+    _, _, columns, _ = _parts(labelling_widget(labeller))
+    item = labeller.current
+    assert len(columns) == 2
+    for column, title, text in zip(columns, ("A", "B"), (item.option_a, item.option_b)):
+        assert isinstance(column, widgets.VBox)
+        assert column.children[0].value == f"<b>{title}</b>" and html_contains(_shown_option(column), text)
+        layout = column.layout
+        # a border on every side, and equal widths however short the texts are
+        assert all(getattr(layout, f"border_{side}", layout.border) == "1px solid #9e9e9e"
+                   for side in ("top", "right", "bottom", "left"))
+        assert (layout.width, layout.flex) == ("50%", "1 1 0%") and layout.padding
+        # only layout properties that ipywidgets 7.7 (Colab) has as well
+        set_traits = {name for name in layout.keys if not name.startswith("_") and getattr(layout, name) is not None}
+        assert set_traits <= {"border", "border_top", "border_right", "border_bottom", "border_left", "padding",
+                              "width", "flex"}, set_traits
 
-    return html.escape(text) in html_value
+
+def test_a_simulated_annotator_leaves_the_student_a_fresh_queue(tmp_path):
+    """Notebook 07 runs the widget, then a simulated annotator on the same pairs (Run All does both at once).
+
+    The simulated annotator labels through a labeller of its own, so the student's first click still labels
+    item 1 of the pairs, as the student's widget shows it.
+    """
+    pytest.importorskip("ipywidgets")
+    pairs = make_pairs(8)
+    student = make_labeller(pairs, tmp_path / "you.jsonl", annotator="you")
+    box = labelling_widget(student)
+    simulated = make_labeller(pairs, tmp_path / "simulated.jsonl", annotator="simulated")
+    while not simulated.done:
+        simulated.answer("A" if simulated.current.option_a.startswith(" good") else "B")
+    assert len(read_lines(tmp_path / "simulated.jsonl")) == 8
+
+    progress, prompt, columns, notice = _parts(box)
+    assert progress.value == "0 / 8 labelled" and "All done" not in prompt.value
+    shown = student.current
+    assert shown.item_id == item_id(pairs[0])
+    _buttons(box)["A is better"].click()
+    [row] = read_lines(tmp_path / "you.jsonl")
+    assert (row["item_id"], row["annotator_id"], row["chosen"]) == (shown.item_id, "you", shown.option_a)
+    assert progress.value == "1 / 8 labelled" and notice.value == ""
+    assert html_contains(_shown_option(columns[0]), student.current.option_a)  # item 2 on screen
+
+
+def test_a_click_never_labels_an_item_it_did_not_show(tmp_path):
+    pytest.importorskip("ipywidgets")
+    path = tmp_path / "labels.jsonl"
+    pairs = make_pairs(5)
+    labeller = make_labeller(pairs, path)
+    box = labelling_widget(labeller)
+    progress, prompt, columns, notice = _parts(box)
+    for _ in range(3):  # some other code answers the widget's queue behind its back
+        labeller.answer("B")
+    _buttons(box)["A is better"].click()  # the person answers item 1, still on screen
+    rows = read_lines(path)
+    assert len(rows) == 3 and [r["choice"] for r in rows] == ["B"] * 3  # item 4 was not labelled "A"
+    assert "recorded nothing" in notice.value
+    assert progress.value == "3 / 5 labelled"
+    assert html_contains(_shown_option(columns[0]), labeller.current.option_a)
+    assert labeller.current.item_id == item_id(pairs[3])
+    _buttons(box)["A is better"].click()  # now on screen: this click counts
+    assert read_lines(path)[-1]["item_id"] == item_id(pairs[3]) and notice.value == ""
+    while not labeller.done:
+        labeller.answer("skip")
+    _buttons(box)["Tie"].click()  # the queue emptied elsewhere: nothing written, the widget says done
+    assert len(read_lines(path)) == 4 and "All done" in prompt.value
+    assert all(button.disabled for button in _buttons(box).values())

@@ -6,8 +6,10 @@ The design has two layers:
 - `PreferenceLabeller`, the core: serves items, takes answers through `answer("A" | "B" | "tie" | "skip")`
   and appends one TRL preference row per answer to a JSONL file. It has no widget dependency, so it can be
   driven from a test, a script or any UI.
-- `labelling_widget(labeller)`, a thin ipywidgets front end (HTML + four buttons + a progress label) that
-  only calls the core. It uses API common to ipywidgets 7.7 and 8.
+- `labelling_widget(labeller)`, a thin ipywidgets front end (the prompt, options A and B as two boxed
+  columns, four buttons, a progress label) that only calls the core. It uses API common to ipywidgets 7.7
+  and 8. A labeller is one annotator's queue: a script that labels the same pairs (a simulated annotator,
+  say) gets a labeller of its own, or it empties the queue the person at the widget is working through.
 
 What a row looks like (one JSON object per line):
 
@@ -201,46 +203,78 @@ def load_preference_labels(path: str | Path, include_ties: bool = False) -> list
 # ---------------------------------------------------------------------- the widget
 
 
-def _as_html(title: str, text: str) -> str:
+def _text_html(text: str) -> str:
     """Escape text for display and keep its line breaks."""
-    return f"<b>{html.escape(title)}</b><div style='white-space: pre-wrap'>{html.escape(text)}</div>"
+    return f"<div style='white-space: pre-wrap'>{html.escape(text)}</div>"
+
+
+def _as_html(title: str, text: str) -> str:
+    return f"<b>{html.escape(title)}</b>{_text_html(text)}"
+
+
+def _option_box(widgets: Any, title: str) -> tuple[Any, Any]:
+    """A bordered column headed by ``title``; returns (the box, the HTML that holds the option's text).
+
+    Only layout properties that ipywidgets 7.7 (Colab) and 8 both sync are used: ``border`` (one trait in 7;
+    in 8 a shorthand that sets the four ``border_*`` traits), ``padding``, ``width`` and ``flex``. Both
+    versions size widgets as border-box, so two columns of width 50% fill the row border included; the flex
+    basis of 0 makes them equally wide whatever their text, and the text wraps inside its column.
+    """
+    text = widgets.HTML(value="")
+    box = widgets.VBox(children=[widgets.HTML(value=f"<b>{html.escape(title)}</b>"), text],
+                       layout=widgets.Layout(border="1px solid #9e9e9e", padding="4px 10px", width="50%",
+                                             flex="1 1 0%"))
+    return box, text
 
 
 def labelling_widget(labeller: PreferenceLabeller):
-    """An ipywidgets UI for `labeller`: the prompt, options A and B side by side, four buttons, progress.
+    """An ipywidgets UI for `labeller`: the prompt, options A and B in two boxed columns, four buttons, progress.
 
-    Uses only widgets.Button / HTML / Label / HBox / VBox and `on_click`, which behave the same in
+    Uses only widgets.Button / HTML / Label / HBox / VBox / Layout and `on_click`, which behave the same in
     ipywidgets 7.7 and 8. Returns the VBox; display it in a notebook cell. Buttons are disabled when done.
+
+    A click answers the item the widget shows. If the labeller moved on without the widget (some other code
+    called `answer()`), the click records nothing, since the item it would label is one the person never
+    saw: the widget shows the labeller's current item instead, with a note.
     """
     import ipywidgets as widgets  # imported here so the core class needs no widget library
 
     progress = widgets.Label(value="")
     prompt = widgets.HTML(value="")
-    option_a, option_b = widgets.HTML(value=""), widgets.HTML(value="")
+    box_a, option_a = _option_box(widgets, "A")
+    box_b, option_b = _option_box(widgets, "B")
+    notice = widgets.HTML(value="")
     buttons = {
         "A": widgets.Button(description="A is better"),
         "B": widgets.Button(description="B is better"),
         "tie": widgets.Button(description="Tie"),
         "skip": widgets.Button(description="Skip"),
     }
+    shown: list[DisplayedItem | None] = [None]  # the item on screen, which is what a click answers
 
     def refresh() -> None:
-        item = labeller.current
+        item = shown[0] = labeller.current
         progress.value = labeller.progress()
         if item is None:
             prompt.value = "<b>All done - thank you!</b>"
             option_a.value = option_b.value = ""
         else:
             prompt.value = _as_html("Prompt", item.prompt)
-            option_a.value = _as_html("A", item.option_a)
-            option_b.value = _as_html("B", item.option_b)
+            option_a.value = _text_html(item.option_a)
+            option_b.value = _text_html(item.option_b)
         for button in buttons.values():
             button.disabled = item is None
 
     def on_choice(choice: str) -> Callable[[Any], None]:
         def handler(_button: Any) -> None:
-            if not labeller.done:  # a double click after the last item is ignored
+            if shown[0] is None:  # a double click after the last item is ignored
+                notice.value = ""
+            elif labeller.current != shown[0]:
+                notice.value = ("<i>This queue was answered elsewhere since it was shown, so that click recorded "
+                                "nothing. Here is the item it is at now.</i>")
+            else:
                 labeller.answer(choice)
+                notice.value = ""
             refresh()
 
         return handler
@@ -248,5 +282,6 @@ def labelling_widget(labeller: PreferenceLabeller):
     for choice, button in buttons.items():
         button.on_click(on_choice(choice))
     refresh()
-    return widgets.VBox(children=[progress, prompt, widgets.HBox(children=[option_a, option_b]),
-                                  widgets.HBox(children=list(buttons.values()))])
+    return widgets.VBox(children=[progress, prompt, widgets.HBox(children=[box_a, box_b],
+                                                                 layout=widgets.Layout(width="100%")),
+                                  notice, widgets.HBox(children=list(buttons.values()))])
