@@ -43,6 +43,6 @@ def tiny_profile(tiny_results):
 @pytest.fixture(scope="session")
 def tiny_base_lm(tiny_profile):
     """(model, tokenizer) of the tiny base LM, trained once per session (seconds)."""
-    from utils.pipeline import load_base_lm
+    from utils.stages import load_base_lm
 
     return load_base_lm(tiny_profile)

@@ -13,7 +13,8 @@ import sys
 import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
 
-from utils.ppo import PPOConfig, PPOTrainer, Processes, init_distributed, reward_model_fn
+from utils.distributed import Processes, init_distributed
+from utils.ppo import PPOConfig, PPOTrainer, reward_model_fn
 
 VOCAB, EOS, PAD = 32, 0, 1
 

@@ -22,7 +22,7 @@ from utils.ppo import PPOConfig, text_reward_fn
 # ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tokenizer(tiny_profile):
-    from utils.pipeline import load_course_tokenizer
+    from utils.stages import load_course_tokenizer
 
     return load_course_tokenizer(tiny_profile)
 
@@ -216,7 +216,7 @@ def test_evaluation_samples_at_the_ppo_temperature_unless_told_otherwise(tokeniz
 # The sweep
 # ------------------------------------------------------------------------------------------------
 def test_sweep_one_record_per_beta_and_kl_falls_with_beta(tiny_base_lm, tiny_profile):
-    from utils.pipeline import load_dataset_rows
+    from utils.stages import load_dataset_rows
 
     policy, tokenizer = tiny_base_lm  # trained for a few steps: enough structure for PPO to move it quickly
     train = [r["prompt"] for r in load_dataset_rows("rl_prompts_train", tiny_profile)]
@@ -286,22 +286,6 @@ def test_plots_draw(tmp_path):
     assert len(fig.axes) == 2
 
 
-# ------------------------------------------------------------------------------------------------
-# The pipeline stage, end to end on the tiny profile
-# ------------------------------------------------------------------------------------------------
-@pytest.mark.slow
-def test_eval_stage_tiny(tiny_profile, tiny_results):
-    metrics = ev.eval_stage(tiny_profile)
-    assert 0.0 <= metrics["eval.win_rate_vs_sft"] <= 1.0
-    assert metrics["eval.wins"] + metrics["eval.ties"] + metrics["eval.losses"] == ev.TINY_EVAL.num_prompts
-    assert metrics["eval.sft.kl"] == 0.0
-    assert metrics["eval.sweep.lowest_beta"] == 0.0
-    assert (tiny_results / "samples.md").is_file()
-    assert (tiny_results / "figures" / "11_overoptimisation.png").is_file()
-    assert len(ev.load_sweep(tiny_profile)) == len(ev.TINY_EVAL.sweep.betas)
-    assert ev.eval_stage(tiny_profile) == metrics  # cached: the second call recomputes nothing
-
-
 def test_health_report_flags_what_went_wrong():
     def row(kl, entropy, length, eos, clipfrac, ev_):
         return {"objective/kl": kl, "objective/entropy": entropy, "val/response_length": length,
@@ -319,18 +303,3 @@ def test_health_report_flags_what_went_wrong():
     assert tail["KL to the reference"]["end"] == pytest.approx(11.0) and not tail["KL to the reference"]["ok"]
     with pytest.raises(ValueError, match="no 'objective/kl'"):
         ev.health_report([{"episode": 1}])
-
-
-def test_sweep_cache_ignores_what_the_sweep_overrides(tiny_profile):
-    """The sweep sets beta and the run length itself: retuning the main run's beta must reuse the cached
-    sweep, while a hyperparameter the sweep's runs do use (the learning rate) must invalidate it."""
-    import dataclasses
-
-    from utils.artifacts import config_key
-
-    def key(**ppo_changes):
-        profile = dataclasses.replace(tiny_profile, ppo=dataclasses.replace(tiny_profile.ppo, **ppo_changes))
-        return config_key(ev._sweep_key(profile))
-
-    assert key(kl_coef=0.5, total_episodes=128, adaptive_kl=True) == key()
-    assert key(lr=1e-5) != key()

@@ -41,7 +41,7 @@ def test_sequence_nll_equals_hand_sum(tiny_base_lm):
 
 
 def test_untrained_model_is_near_uniform(tiny_profile):
-    from utils.pipeline import load_course_tokenizer
+    from utils.stages import load_course_tokenizer
 
     tokenizer = load_course_tokenizer(tiny_profile)
     model = build_model(LMConfig(n_layer=1, n_head=2, n_embd=16), tokenizer).eval()
@@ -62,7 +62,7 @@ def test_tiny_pipeline_trains_and_reports(tiny_profile, tiny_base_lm):
     model, tokenizer = tiny_base_lm
     assert metrics["lm.params"] == sum(p.numel() for p in model.parameters())
     # Thirty steps of training must already beat the uniform baseline by a wide margin.
-    from utils.pipeline import load_dataset_rows
+    from utils.stages import load_dataset_rows
 
     val = encode_reviews([r["text"] for r in load_dataset_rows("lm_val", tiny_profile)], tokenizer)
     uniform = sum(len(s) - 1 for s in val) / len(val) * math.log(len(tokenizer))

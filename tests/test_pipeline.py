@@ -26,11 +26,6 @@ def test_cli_reports_bad_input_and_exits_2(tiny_results, capsys):
     assert "unknown profile 'huge'" in capsys.readouterr().err
 
 
-def test_unknown_dataset_name(tiny_profile):
-    with pytest.raises(ValueError, match="unknown dataset 'reviews'"):
-        pipeline.load_dataset_rows("reviews", tiny_profile)
-
-
 def test_metrics_are_merged_not_overwritten(tiny_results):
     path = pipeline.metrics_path()
     path.unlink(missing_ok=True)
@@ -39,16 +34,3 @@ def test_metrics_are_merged_not_overwritten(tiny_results):
     assert json.loads(path.read_text()) == {"a.x": 1, "b.y": 2}
     pipeline.update_metrics({"a.z": 3}, stage="a")  # a stage's fresh keys replace all of its old ones
     assert json.loads(path.read_text()) == {"a.z": 3, "b.y": 2}
-
-
-def test_data_stage_formats_and_determinism(tiny_profile):
-    folder = pipeline.data_dir(tiny_profile)
-    assert pipeline.data_dir(tiny_profile) == folder  # cached: same folder, not rebuilt
-    prefs = pipeline.load_dataset_rows("preferences_train", tiny_profile)
-    assert len(prefs) == tiny_profile.data.preference_train_size
-    assert all(set(r) == {"prompt", "chosen", "rejected"} for r in prefs)
-    instructions = pipeline.load_dataset_rows("instructions_train", tiny_profile)
-    assert all(set(r) == {"prompt", "completion", "task"} for r in instructions)
-    # A stage run twice reports the same figures: the second run loads the cached artifact.
-    assert pipeline.run(["data"], "tiny")["data.source_entropy_per_review"] == \
-        pipeline.run(["data"], "tiny")["data.source_entropy_per_review"]

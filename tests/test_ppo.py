@@ -13,10 +13,14 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
 
-from utils.ppo import (TRAIN_STATS, PolicyAndValue, PPOConfig, PPOTrainer, global_masked_whiten, left_pad,
-                       penalise_missing_eos, per_token_rewards, plot_dashboard, read_log, reward_model_fn,
-                       sample_responses, token_logprobs, write_log)
+from utils.decoding import left_pad
+from utils.distributed import Processes, global_masked_whiten
+from utils.evaluation import response_logprobs
+from utils.ppo import (TRAIN_STATS, PolicyAndValue, PPOConfig, PPOTrainer, penalise_missing_eos, per_token_rewards,
+                       reward_model_fn)
+from utils.ppo_logs import plot_dashboard, read_log, write_log
 from utils.ppo_losses import entropy_from_logits, logprobs_from_logits, masked_whiten
+from utils.rollout import sample_responses
 
 VOCAB, EOS, PAD = 32, 0, 1  # EOS doubles as BOS, as in the course tokenizer
 TARGET = 7  # the token the toy reward asks for
@@ -249,16 +253,25 @@ def test_rollout_records_what_a_teacher_forced_forward_computes():
     attention_mask = torch.cat([mask, samples.mask.long()], dim=1)
     with torch.no_grad():
         logits, values = model(query_responses, attention_mask, P, T)
-        logprobs = token_logprobs(logits, samples.responses)
-        untempered = token_logprobs(model(query_responses, attention_mask, P, 1.0)[0], samples.responses)
+        logprobs = logprobs_from_logits(logits, samples.responses)
+        untempered = logprobs_from_logits(model(query_responses, attention_mask, P, 1.0)[0], samples.responses)
     valid = samples.mask
     torch.testing.assert_close(samples.logprobs[valid], logprobs[valid], rtol=0, atol=1e-5)
     torch.testing.assert_close(samples.entropy[valid], entropy_from_logits(logits)[valid], rtol=0, atol=1e-5)
     torch.testing.assert_close(samples.values[valid], values[valid], rtol=0, atol=1e-5)
     assert (untempered[valid] - samples.logprobs[valid]).abs().max() > 1e-2  # the test can tell T from 1
     assert torch.all(samples.logprobs[~valid] == 0) and torch.all(samples.responses[~valid] == PAD)
-    # token_logprobs is ppo_losses.logprobs_from_logits computed another way
-    torch.testing.assert_close(logprobs, logprobs_from_logits(logits, samples.responses), rtol=0, atol=1e-6)
+
+
+def test_trainer_and_evaluation_compute_the_same_logprobs_bit_for_bit():
+    """One log-prob-of-tokens function for PPO and the evaluation: the reference log-probs of a rollout are
+    the very bits the evaluation computes for the same episodes (two formulas differ by ~1e-7)."""
+    trainer = make_trainer(small_config(temperature=0.7))
+    batch, _ = trainer.collect_rollout(0, trainer.kl_controller.beta)
+    with torch.no_grad():
+        evaluated = response_logprobs(trainer.ref_policy, batch.query_responses, batch.attention_mask,
+                                      batch.context_length, 0.7)
+    assert torch.equal(evaluated[batch.mask], batch.ref_logprobs[batch.mask])
 
 
 def test_sampler_draws_from_the_tempered_distribution():
@@ -304,8 +317,6 @@ def test_zero_advantage_and_ratio_one_give_zero_policy_gradient():
 def test_global_whitening_with_one_process_is_masked_whiten():
     values = torch.randn(4, 6)
     mask = torch.arange(6)[None] < torch.tensor([[6], [3], [1], [5]])
-    from utils.ppo import Processes
-
     for shift in (True, False):
         torch.testing.assert_close(global_masked_whiten(values, mask, Processes(), shift_mean=shift),
                                    masked_whiten(values, mask, shift_mean=shift))
@@ -414,43 +425,3 @@ def test_config_fields_are_documented():
     for field in dataclasses.fields(PPOConfig):
         after = source.split(f"    {field.name}:", 1)[1].splitlines()[1].strip()
         assert after.startswith('"""'), f"PPOConfig.{field.name} has no docstring"
-
-
-@pytest.mark.slow
-def test_ppo_stage_on_the_tiny_profile(tiny_profile):
-    """The pipeline stage end to end (tiny SFT policy and reward model, a few updates): its metrics and its
-    cached artifact. The tiny models are too small to write reviews, so only the mechanics are checked."""
-    from utils.ppo import load_ppo_policy, ppo_dir, ppo_stage
-
-    metrics = ppo_stage(tiny_profile)
-    expected = {f"ppo.{k}" for k in ("gold_reward_before", "gold_reward_after", "proxy_reward_before",
-                                     "proxy_reward_after", "kl_to_ref", "grammatical_fraction_after",
-                                     "train_seconds", "episodes_per_second", "positive_fraction_before",
-                                     "positive_fraction_after")}
-    assert expected <= set(metrics)
-    assert all(math.isfinite(v) for v in metrics.values())
-    assert 0 <= metrics["ppo.positive_fraction_after"] <= 1 and metrics["ppo.episodes_per_second"] > 0
-    folder = ppo_dir(tiny_profile)
-    log = read_log(folder)
-    assert len(log) == tiny_profile.ppo.num_updates and "objective/gold_reward" in log[0]
-    policy, tokenizer = load_ppo_policy(tiny_profile)
-    assert policy.config.vocab_size == len(tokenizer)
-    assert ppo_stage(tiny_profile) == metrics  # cached: the second call loads, it does not retrain
-
-    # The stage measures with the evaluation module's evaluate_policy (one implementation), at the PPO
-    # temperature, on its own sampling seed: re-measuring the saved policy gives the stage's numbers.
-    from utils import evaluation as ev
-    from utils.pipeline import load_dataset_rows
-    from utils.reward_model import load_reward_model
-    from utils.sft import load_sft_model
-
-    sft, _ = load_sft_model(tiny_profile)
-    reward_model, _ = load_reward_model(tiny_profile)
-    sampling = ev.sampling_config(ev.eval_config(tiny_profile), tiny_profile.ppo, tokenizer)
-    assert sampling.temperature == tiny_profile.ppo.temperature
-    prompts = [r["prompt"] for r in load_dataset_rows("rl_prompts_test", tiny_profile)]
-    again, _ = ev.evaluate_policy(policy, sft, reward_model_fn(reward_model.requires_grad_(False)), tokenizer,
-                                  prompts, sampling, seed=tiny_profile.ppo.seed + 1)
-    for key in ("gold_reward", "proxy_reward", "positive_fraction", "grammatical_fraction"):
-        assert metrics[f"ppo.{key}_after"] == pytest.approx(again[key], abs=1e-6), key
-    assert metrics["ppo.kl_to_ref"] == pytest.approx(again["kl"], abs=1e-4)

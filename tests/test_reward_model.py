@@ -318,22 +318,3 @@ def test_config_validation():
         rm.RewardModelConfig(steps=0)
     with pytest.raises(ValueError, match="divisible"):
         rm.RewardModelConfig(encoder_n_embd=30, encoder_n_head=4)
-
-
-# ------------------------------------------------------------------------------------------------
-# The pipeline stage (tiny profile)
-# ------------------------------------------------------------------------------------------------
-@pytest.mark.slow
-def test_rm_stage_on_tiny_profile(tiny_profile):
-    metrics = rm.rm_stage(tiny_profile)
-    for key in ("rm.heldout_accuracy", "rm.bayes_optimal_accuracy", "rm.spearman_vs_gold", "rm.ece",
-                "rm.train_seconds", "rm.length_coefficient", "rm.trl_heldout_accuracy",
-                "rm.encoder_heldout_accuracy", "rm.norm_mean", "rm.norm_std"):
-        assert key in metrics and math.isfinite(metrics[key]), key
-    assert 0.5 < metrics["rm.bayes_optimal_accuracy"] < 1
-    model, tokenizer = rm.load_reward_model(tiny_profile)
-    assert isinstance(model, GPT2ForSequenceClassification)
-    assert model.config.reward_std == pytest.approx(metrics["rm.norm_std"])
-    scores = rm.score_texts(model, tokenizer, ["the acting was superb.", "the acting was awful."])
-    assert scores.shape == (2,) and torch.isfinite(scores).all()
-    assert rm.rm_stage(tiny_profile) == metrics  # cached: loaded, not retrained

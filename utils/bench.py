@@ -29,7 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
-from utils.ppo import PPOConfig, PPOTrainer, reward_model_fn, use_fused_gelu
+from utils.policy_model import use_fused_gelu
+from utils.ppo import PPOConfig, PPOTrainer, reward_model_fn
 from utils.seed import set_seed
 
 

@@ -17,8 +17,8 @@ Then it compares policies (:func:`win_rate`, ties count half) and sweeps the KL 
 KL, the proxy keeps rising while the gold reward rises, peaks and falls: the over-optimisation curve of
 Gao, Schulman and Hilton, "Scaling Laws for Reward Model Overoptimization" (2022).
 
-The pipeline stage :func:`eval_stage` caches the sweep (``kl_sweep`` artifact) and the SFT-vs-PPO
-comparison (``eval`` artifact), writes ``results/samples.md`` and the figures, and returns ``eval.*`` metrics.
+The pipeline's ``eval`` stage (:mod:`utils.stages.evaluation`) caches the sweep (``kl_sweep`` artifact) and
+the SFT-vs-PPO comparison (``eval`` artifact), and writes ``results/samples.md`` and the figures.
 """
 from __future__ import annotations
 
@@ -27,23 +27,20 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 from torch import nn
 
 from utils import review_world as rw
-from utils.decoding import SamplingConfig, generate_with_logprobs
-from utils.ppo import (PPOConfig, PPOTrainer, RewardFn, decode_episodes, left_pad, response_logits,
-                       text_reward_fn)
+from utils.decoding import SamplingConfig, generate_with_logprobs, left_pad
+from utils.policy_model import response_logits
+from utils.ppo import PPOConfig, PPOTrainer, RewardFn, decode_episodes, text_reward_fn
 from utils.ppo_losses import kl_k1, kl_k3, logprobs_from_logits
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from transformers import PreTrainedTokenizerBase
-
-    from utils.profiles import Profile
 
 # The per-policy means that evaluate_policy reports (and that every sweep checkpoint records).
 METRICS = ("gold_reward", "proxy_reward", "kl", "kl_k3", "entropy", "positive_fraction", "grammatical_fraction",
@@ -120,25 +117,6 @@ class EvalConfig:
             raise ValueError(f"EvalConfig.max_new_tokens must be None or an int >= 1, got {self.max_new_tokens!r}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"EvalConfig.seed must be an int >= 0, got {self.seed!r}")
-
-
-# The tiny profile's evaluation: a handful of prompts and two 2-update runs. Its numbers mean nothing.
-TINY_EVAL = EvalConfig(num_prompts=16, batch_size=16, table_rows=4,
-                       sweep=SweepConfig(betas=(0.0, 1.0), total_episodes=32, batch_size=16, evaluations=1,
-                                         eval_prompts=16, samples_kept=2))
-
-
-def eval_config(profile: Profile) -> EvalConfig:
-    """The profile's ``evaluation`` config if it has one, else the default (``TINY_EVAL`` for ``tiny``)."""
-    config = getattr(profile, "evaluation", None)
-    if config is not None:
-        return config
-    return TINY_EVAL if profile.name == "tiny" else EvalConfig()
-
-
-def ppo_config(profile: Profile) -> PPOConfig:
-    """The profile's PPO config (``profile.ppo``), or PPO's defaults if the profile has none."""
-    return getattr(profile, "ppo", None) or PPOConfig()
 
 
 def sampling_config(config: EvalConfig, ppo: PPOConfig, tokenizer: PreTrainedTokenizerBase) -> SamplingConfig:
@@ -528,173 +506,3 @@ def plot_run(record: dict, axes=None) -> Figure:
     for ax in axes:
         ax.grid(alpha=0.3)
     return fig
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Pipeline: cached artifacts and the stage
-# ---------------------------------------------------------------------------------------------------------
-def _eval_key(profile: Profile) -> dict:
-    """The SFT-vs-PPO evaluation depends on the PPO policy (``_ppo_key`` names everything upstream of it) and
-    on how it is evaluated; not on the sweep, nor on how many rows the table shows."""
-    from utils.ppo import _ppo_key
-
-    config = dataclasses.asdict(eval_config(profile))
-    return {**_ppo_key(profile), "evaluation": {k: v for k, v in config.items() if k not in ("sweep", "table_rows")}}
-
-
-def _sweep_key(profile: Profile) -> dict:
-    """The sweep trains its own runs from the SFT policy against the reward model, with PPO's hyperparameters
-    (all named by ``_ppo_key``) but its own temperature; it does not use the trained PPO policy."""
-    from utils.ppo import _ppo_training_key
-
-    config = eval_config(profile)
-    # The sweep sets beta, the run length, the temperature and the seed of its runs itself, so the main run's
-    # values of those fields are not part of what it depends on (retuning the main run's beta reuses the sweep).
-    runs = sweep_run_config(ppo_config(profile), config.sweep, 0.0, config.seed)
-    return {**_ppo_training_key(profile), "ppo": runs, "sweep": config.sweep,
-            "max_new_tokens": config.max_new_tokens, "seed": config.seed}
-
-
-def _course_models(profile: Profile):
-    """(SFT policy, reward model, proxy function, tokenizer) of the pipeline's cached artifacts."""
-    from utils.ppo import reward_model_fn
-    from utils.reward_model import load_reward_model
-    from utils.sft import load_sft_model
-
-    policy, tokenizer = load_sft_model(profile)
-    reward_model, _ = load_reward_model(profile)
-    reward_model.requires_grad_(False)
-    return policy, reward_model, reward_model_fn(reward_model), tokenizer
-
-
-def _prompts(profile: Profile, name: str, n: int | None = None) -> list[str]:
-    from utils import pipeline
-
-    return [r["prompt"] for r in pipeline.load_dataset_rows(name, profile)][:n]
-
-
-def sweep_dir(profile: Profile | None = None, progress: bool = True) -> Path:
-    """Folder of the KL-coefficient sweep (``sweep.json``), built on first use (a few minutes on 2 cores)."""
-    from utils.artifacts import atomic_write_json, get_or_build
-    from utils.profiles import get_profile
-    from utils.seed import set_seed
-
-    profile = profile or get_profile()
-    config, ppo = eval_config(profile), ppo_config(profile)
-
-    def build(folder: Path) -> dict:
-        policy, reward_model, proxy_fn, tokenizer = _course_models(profile)
-        value_model = reward_model if ppo.value_model == "model" else None
-        set_seed(config.seed)
-        start = time.perf_counter()
-        records = kl_sweep(policy, proxy_fn, tokenizer, _prompts(profile, "rl_prompts_train"),
-                           _prompts(profile, "rl_prompts_test", config.sweep.eval_prompts), ppo, config.sweep,
-                           sampling_config(config, ppo, tokenizer), seed=config.seed, value_model=value_model,
-                           progress=progress)
-        atomic_write_json(folder / "sweep.json", records)
-        return {"seconds": time.perf_counter() - start, **sweep_summary(records)}
-
-    return get_or_build("kl_sweep", _sweep_key(profile), build)
-
-
-def load_sweep(profile: Profile | None = None) -> list[dict]:
-    """The records of the KL-coefficient sweep (see :func:`kl_sweep`), computing it first if needed."""
-    import json
-
-    return json.loads((sweep_dir(profile) / "sweep.json").read_text())
-
-
-def eval_dir(profile: Profile | None = None) -> Path:
-    """Folder of the SFT-vs-PPO evaluation on the held-out prompts (samples of both, means, win rate)."""
-    from utils.artifacts import get_or_build, write_jsonl
-    from utils.ppo import load_ppo_policy
-    from utils.profiles import get_profile
-
-    profile = profile or get_profile()
-    config, ppo = eval_config(profile), ppo_config(profile)
-
-    def build(folder: Path) -> dict:
-        sft, _, proxy_fn, tokenizer = _course_models(profile)
-        trained, _ = load_ppo_policy(profile)
-        prompts = _prompts(profile, "rl_prompts_test", config.num_prompts)
-        sampling = sampling_config(config, ppo, tokenizer)
-        evaluate = dict(proxy_fn=proxy_fn, tokenizer=tokenizer, prompts=prompts, sampling=sampling, seed=config.seed,
-                        batch_size=config.batch_size)
-        start = time.perf_counter()
-        sft_metrics, sft_samples = evaluate_policy(sft, sft, **evaluate)
-        ppo_metrics, ppo_samples = evaluate_policy(trained, sft, **evaluate)
-        write_jsonl(folder / "samples_sft.jsonl", sft_samples)
-        write_jsonl(folder / "samples_ppo.jsonl", ppo_samples)
-        whole = [[s["prompt"] + s["response"] for s in samples] for samples in (ppo_samples, sft_samples)]
-        wins, ties, losses = pairwise_outcomes(*whole)
-        meta = {f"sft.{k}": v for k, v in sft_metrics.items()}
-        meta.update({f"ppo.{k}": v for k, v in ppo_metrics.items()})
-        meta.update(win_rate_vs_sft=(wins + 0.5 * ties) / len(prompts), wins=wins, ties=ties, losses=losses,
-                    proxy_win_rate_vs_sft=win_rate(*whole, judge=_proxy_judge(ppo_samples + sft_samples)),
-                    temperature=sampling.temperature, seconds=time.perf_counter() - start)
-        return meta
-
-    return get_or_build("eval", _eval_key(profile), build)
-
-
-def _proxy_judge(samples: Sequence[dict]) -> Callable[[str], float]:
-    """A judge that looks up the proxy score already computed for each whole text."""
-    scores = {s["prompt"] + s["response"]: s["proxy_reward"] for s in samples}
-    return scores.__getitem__
-
-
-def load_eval_samples(profile: Profile | None = None) -> tuple[list[dict], list[dict]]:
-    """(SFT samples, PPO samples) of the held-out evaluation, row i of both answering the same prompt."""
-    from utils.artifacts import read_jsonl
-
-    folder = eval_dir(profile)
-    return read_jsonl(folder / "samples_sft.jsonl"), read_jsonl(folder / "samples_ppo.jsonl")
-
-
-def eval_stage(profile: Profile) -> dict:
-    """Pipeline stage ``eval``: the SFT-vs-PPO evaluation and the KL sweep (cached artifacts), then
-    ``results/samples.md``, the figures (PPO dashboard, over-optimisation), and the ``eval.*`` metrics."""
-    import matplotlib.pyplot as plt
-
-    from utils.artifacts import atomic_write_text, read_meta, results_dir
-    from utils.plotting import save_figure, use_headless_backend_if_needed
-    from utils.ppo import plot_dashboard, ppo_dir, read_log
-
-    use_headless_backend_if_needed()
-    config = eval_config(profile)
-    meta = read_meta(eval_dir(profile))
-    sft_samples, ppo_samples = load_eval_samples(profile)
-    rows = range(min(config.table_rows, len(sft_samples)))
-    table = samples_table([sft_samples[i]["prompt"] for i in rows], [sft_samples[i]["response"] for i in rows],
-                          [ppo_samples[i]["response"] for i in rows], [sft_samples[i]["gold_reward"] for i in rows],
-                          [ppo_samples[i]["gold_reward"] for i in rows], [sft_samples[i]["proxy_reward"] for i in rows],
-                          [ppo_samples[i]["proxy_reward"] for i in rows])
-    records = load_sweep(profile)
-    summary = read_meta(sweep_dir(profile))
-    atomic_write_text(results_dir() / "samples.md", _samples_markdown(meta, table, records))
-
-    for name, fig in (("10_ppo_dashboard", plot_dashboard(read_log(ppo_dir(profile)))),
-                      ("11_overoptimisation", plot_overoptimisation(records))):
-        save_figure(fig, name)
-        plt.close(fig)
-
-    metrics = {f"eval.{k}": meta[k] for k in ("win_rate_vs_sft", "proxy_win_rate_vs_sft", "wins", "ties", "losses")}
-    for policy in ("sft", "ppo"):
-        metrics.update({f"eval.{policy}.{k}": meta[f"{policy}.{k}"] for k in METRICS})
-    metrics.update({f"eval.sweep.{k}": v for k, v in summary.items()})
-    return metrics
-
-
-def _samples_markdown(meta: dict, table: str, records: Sequence[dict]) -> str:
-    means = "\n".join(f"| {k} | {meta[f'sft.{k}']:.3f} | {meta[f'ppo.{k}']:.3f} |" for k in METRICS)
-    return (
-        "# Samples before (SFT) and after PPO\n\n"
-        f"Held-out review openings (`rl_prompts_test`), one sample each at temperature {meta['temperature']:g} "
-        "(the temperature PPO trained at) from the SFT policy and "
-        "from the PPO policy (the same random seed). *gold*: the review world's true reward (sentiment in "
-        "[-1, 1], -2 if the text is not a grammatical review); *proxy*: the reward model's normalised score.\n\n"
-        + table + "\n## Means over all held-out prompts\n\n| metric | SFT | PPO |\n|---|---:|---:|\n" + means
-        + f"\n\nWin rate of PPO against SFT (gold judge, ties count half): {meta['win_rate_vs_sft']:.3f} "
-        f"({meta['wins']} wins, {meta['ties']} ties, {meta['losses']} losses).\n\n"
-        "## KL-coefficient sweep (final evaluation of each run)\n\n" + sweep_table(records)
-    )

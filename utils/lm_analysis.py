@@ -4,7 +4,7 @@ Notebooks 04 and 05 ask the same questions of the base LM again and again:
 
 * how far is its NLL from the source entropy, review by review (:func:`per_review_nll`)?
 * how do the decoding knobs trade diversity (distinct-n, word entropy) against correctness (the review
-  grammar) (:func:`sample_texts`, :func:`decoding_sweep`)?
+  grammar) (:func:`sample_texts`, :func:`decoding_sweep`, :func:`grammatical_fraction`)?
 * what do the sampling knobs do to one next-token distribution (:func:`next_token_table`)?
 * how many tokens would the Chinchilla rule give a model this size (:func:`compute_budget`)?
 
@@ -23,8 +23,9 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from utils import review_world as rw
-from utils.decoding import SamplingConfig, generate_with_logprobs, next_token_distribution
+from utils.decoding import SamplingConfig, generate, generate_with_logprobs, next_token_distribution
 from utils.language_model import collate, sequence_nll
+from utils.seed import set_seed
 
 # ------------------------------------------------------------------------------------------------
 # Likelihood
@@ -110,6 +111,23 @@ def sample_texts(model: nn.Module, tokenizer: PreTrainedTokenizerBase, n: int, t
     finished = (generated == tokenizer.eos_token_id).any(dim=1).float().mean().item()
     texts = tokenizer.batch_decode(out.sequences, skip_special_tokens=True)
     return texts, finished
+
+
+def grammatical_fraction(model: nn.Module, tokenizer: PreTrainedTokenizerBase, n: int, seed: int,
+                         max_new_tokens: int = 96, temperature: float = 1.0) -> tuple[float, list[str]]:
+    """Share of ``n`` free samples (from BOS, pure sampling) that the review grammar accepts, and the samples.
+
+    The ``lm`` stage's headline number: a base LM that learned the grammar writes grammatical reviews.
+    """
+    set_seed(seed)
+    model.eval()
+    input_ids = torch.full((n, 1), tokenizer.bos_token_id, dtype=torch.long)
+    config = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature,
+                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    generator = torch.Generator().manual_seed(seed)
+    sequences = generate(model, input_ids, config=config, generator=generator)
+    texts = tokenizer.batch_decode(sequences, skip_special_tokens=True)
+    return sum(rw.is_grammatical(t) for t in texts) / n, texts
 
 
 @dataclass(frozen=True)

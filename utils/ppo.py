@@ -20,7 +20,10 @@ One update of :class:`PPOTrainer` (see :meth:`PPOTrainer.step`) is, in order:
 6. **Schedules.** The learning rate decays; an adaptive KL controller moves beta towards a target KL.
 
 The formulas live in :mod:`utils.ppo_losses` (pure functions on tensors, tested against hand
-computations); this module is the loop that feeds them. Its structure follows CleanRL's ``ppo.py``, and
+computations); this module is the loop that feeds them. The machinery around the loop has modules of
+its own: :mod:`utils.rollout` (the sampler of step 1), :mod:`utils.policy_model` (reading a transformers
+LM as a policy), :mod:`utils.distributed` (statistics over several processes), :mod:`utils.ppo_logs` (the
+log and its dashboard); the pipeline's ``ppo`` stage is :mod:`utils.stages.ppo`. Its structure follows CleanRL's ``ppo.py``, and
 its details follow Huang et al., "The N Implementation Details of RLHF with PPO" (2024) and TRL's original
 ``PPOTrainer``: log-probabilities at the sampling temperature in the rollout and in training, the score
 added at the last token, the penalty for responses without EOS, Adam with eps = 1e-5, value clipping,
@@ -42,12 +45,7 @@ from a checkpoint continues exactly as if it had never stopped.
 """
 from __future__ import annotations
 
-import copy
-import csv
 import dataclasses
-import functools
-import io
-import json
 import math
 import os
 import tempfile
@@ -59,19 +57,20 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
-from utils.decoding import left_pad, position_ids_from_mask  # noqa: F401 (left_pad: re-exported)
+from utils.decoding import left_pad
+from utils.distributed import (Processes, RunningMoments, global_explained_variance, global_masked_mean,
+                               global_masked_whiten)
+from utils.policy_model import gpt2_parts, hidden_states, last_true_index, response_logits, use_fused_gelu
+from utils.ppo_logs import write_log
 from utils.ppo_losses import (AdaptiveKLController, FixedKLController, clipped_policy_loss,
                               clipped_value_loss, entropy_from_logits, gae_for_token_sequences, kl_k1, kl_k3,
-                              masked_mean)
+                              logprobs_from_logits, masked_mean)
+from utils.rollout import Samples, sample_responses
 
 if TYPE_CHECKING:
-    from matplotlib.figure import Figure
     from transformers import PreTrainedTokenizerBase
-
-    from utils.profiles import Profile
 
 VALUE_MODELS = ("head", "model")
 LR_SCHEDULES = ("constant", "linear", "cosine")
@@ -231,95 +230,8 @@ class PPOConfig:
         """Number of rollout + optimisation rounds in the run."""
         return self.total_episodes // self.batch_size
 
-
 # ---------------------------------------------------------------------------------------------------------
-# Processes: one, or several splitting every batch (torch.distributed with the gloo backend on CPU)
-# ---------------------------------------------------------------------------------------------------------
-def init_distributed() -> None:
-    """Join the process group that ``torchrun`` / ``accelerate launch`` describe in the environment.
-
-    Does nothing in a plain single-process run (no ``WORLD_SIZE`` > 1) or when the group already exists.
-    """
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
-        dist.init_process_group(backend="gloo")
-
-
-@dataclass(frozen=True)
-class Processes:
-    """Who we are among the processes sharing the work, and the one collective operation we need."""
-
-    rank: int = 0
-    world_size: int = 1
-
-    @classmethod
-    def current(cls) -> Processes:
-        if dist.is_available() and dist.is_initialized():
-            return cls(dist.get_rank(), dist.get_world_size())
-        return cls()
-
-    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        """The elementwise sum of ``tensor`` over all processes (the tensor itself with one process)."""
-        if self.world_size > 1:
-            tensor = tensor.clone()
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        return tensor
-
-
-def global_masked_mean(values: torch.Tensor, mask: torch.Tensor, processes: Processes) -> torch.Tensor:
-    """Mean of ``values`` where ``mask`` is set, over the entries of every process.
-
-    With one process this is ``ppo_losses.masked_mean``; with several, each contributes its sum and count.
-    """
-    total = processes.sum(torch.stack([torch.where(mask, values, 0.0).sum(), mask.sum().to(values.dtype)]))
-    return total[0] / total[1]
-
-
-def global_masked_var(values: torch.Tensor, mask: torch.Tensor, processes: Processes,
-                      unbiased: bool = True) -> torch.Tensor:
-    """Variance over the masked entries of every process (two passes: mean, then squared deviations)."""
-    count = processes.sum(mask.sum().to(values.dtype))
-    if count < 2:
-        raise ValueError(f"need at least 2 valid entries for a variance, got {int(count)}")
-    variance = global_masked_mean((values - global_masked_mean(values, mask, processes)) ** 2, mask, processes)
-    return variance * count / (count - 1) if unbiased else variance
-
-
-def global_masked_whiten(values: torch.Tensor, mask: torch.Tensor, processes: Processes,
-                         shift_mean: bool = True) -> torch.Tensor:
-    """``ppo_losses.masked_whiten`` with the mean and variance taken over all processes' entries."""
-    mean = global_masked_mean(values, mask, processes)
-    whitened = (values - mean) * torch.rsqrt(global_masked_var(values, mask, processes) + 1e-8)
-    if not shift_mean:
-        whitened = whitened + mean
-    return torch.where(mask, whitened, 0.0)
-
-
-class RunningMoments:
-    """Mean and variance of every score seen so far (all processes), merged batch by batch (Chan et al.)."""
-
-    def __init__(self) -> None:
-        self.mean, self.var, self.count = 0.0, 1.0, 0
-
-    def update(self, values: torch.Tensor, processes: Processes) -> None:
-        local = torch.stack([values.sum(), (values ** 2).sum(), torch.tensor(float(values.numel()))]).double()
-        total, total_sq, n = processes.sum(local).tolist()
-        batch_mean = total / n
-        batch_var = max(total_sq / n - batch_mean ** 2, 0.0)
-        count = self.count + n
-        delta = batch_mean - self.mean
-        self.mean += delta * n / count
-        self.var = (self.var * self.count + batch_var * n + delta ** 2 * self.count * n / count) / count
-        self.count = int(count)
-
-    def state_dict(self) -> dict:
-        return {"mean": self.mean, "var": self.var, "count": self.count}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.mean, self.var, self.count = state["mean"], state["var"], state["count"]
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Small helpers on token batches
+# Randomness: one independent stream per purpose and moment
 # ---------------------------------------------------------------------------------------------------------
 def derived_seed(*keys: int) -> int:
     """A seed for one purpose at one moment, e.g. ``(seed, SAMPLING, update, group)``: independent streams."""
@@ -327,196 +239,6 @@ def derived_seed(*keys: int) -> int:
 
 
 PROMPT_STREAM, SAMPLING_STREAM, MINIBATCH_STREAM = 0, 1, 2  # the three uses of randomness
-
-
-def last_true_index(mask: torch.Tensor) -> torch.Tensor:
-    """(B, T) mask -> (B,) index of the last set position of each row (0 for an empty row)."""
-    positions = torch.arange(mask.shape[1], device=mask.device)
-    return torch.where(mask.bool(), positions, 0).amax(dim=1)
-
-
-def hidden_states(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Last hidden states (B, T, C) of a transformers model's backbone (e.g. ``model.transformer`` of GPT-2).
-
-    Works for a causal LM, a sequence classifier and a PEFT-wrapped LM (its adapters stay active). A mask
-    without padding is dropped so that attention takes its fast, purely causal path.
-    """
-    if hasattr(model, "get_base_model"):  # PEFT: the wrapped model, LoRA layers injected in place
-        model = model.get_base_model()
-    backbone = getattr(model, model.base_model_prefix)
-    if bool(attention_mask.all()):
-        return backbone(input_ids=input_ids, use_cache=False).last_hidden_state
-    return backbone(input_ids=input_ids, attention_mask=attention_mask,
-                    position_ids=position_ids_from_mask(attention_mask), use_cache=False).last_hidden_state
-
-
-def lm_head(model: nn.Module) -> nn.Module:
-    """The output projection (hidden -> vocabulary logits) of a causal LM, PEFT-wrapped or not."""
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    return model.get_output_embeddings()
-
-
-def response_logits(model: nn.Module, query_responses: torch.Tensor, attention_mask: torch.Tensor,
-                    context_length: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tempered logits of the response tokens (B, R, V), and the hidden states that predicted them (B, R, C).
-
-    The token at position t is predicted from position t - 1, so the response (positions P .. P+R-1) is
-    predicted by positions P-1 .. P+R-2. Only those R positions go through the (vocabulary-sized) head.
-    """
-    # contiguous: a strided slice would send the head's matmul down a slower batched path
-    hidden = hidden_states(model, query_responses, attention_mask)[:, context_length - 1:-1].contiguous()  # (B, R, C)
-    return tempered_logits(lm_head(model), hidden, temperature), hidden
-
-
-def tempered_logits(head: nn.Module, hidden: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``head(hidden) / temperature``: logits (..., V) of hidden states (..., C) at a sampling temperature."""
-    if temperature == 1.0:
-        return head(hidden)
-    if getattr(head, "bias", None) is None:
-        # head(h) / T == head(h / T) for a linear map without bias: C divisions per token instead of V.
-        return head(hidden / temperature)
-    return head(hidden) / temperature
-
-
-def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log p(token) under softmax(logits): logits (B, R, V), tokens (B, R) -> (B, R).
-
-    The same numbers as ``ppo_losses.logprobs_from_logits`` (gather minus logsumexp), but through the fused
-    ``log_softmax`` kernel, whose forward and backward are about twice as fast on a CPU; the (B, R, V)
-    intermediate it keeps is a few MB at our sizes.
-    """
-    return torch.log_softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-
-
-def use_fused_gelu(model: nn.Module) -> nn.Module:
-    """Replace GPT-2's ``gelu_new`` (the tanh approximation of GELU written as 8 elementwise Python-level
-    ops, each kept for the backward pass) with PyTorch's fused kernel for the same function. Same values
-    to ~1e-7, noticeably faster on a CPU. Changes ``model`` in place (its weights are untouched)."""
-    from transformers.activations import NewGELUActivation
-
-    for module in model.modules():
-        for name, child in module.named_children():
-            if isinstance(child, NewGELUActivation):
-                setattr(module, name, nn.GELU(approximate="tanh"))
-    return model
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Rollout sampling
-#
-# Like CleanRL's rollout (`action, logprob, _, value = agent.get_action_and_value(obs)`), the policy records
-# what it "thought" while acting: the log-probability of each token it sampled (these ARE the old
-# log-probs of the ratio, nothing is recomputed), the entropy of the distribution it sampled from, and,
-# with a value head, the value of the state. This is utils.decoding.generate_with_logprobs specialised to
-# GPT-2 and written against its blocks directly: transformers' generic forward spends most of a
-# 1-token decoding step in Python bookkeeping, and torch.multinomial draws a random number per
-# vocabulary entry where inverse-CDF sampling needs one per row. On the benchmark this halves the
-# generation time. The test suite checks every recorded number against a plain teacher-forced forward.
-# ---------------------------------------------------------------------------------------------------------
-@dataclass
-class Samples:
-    """What the policy did and thought during a rollout; (B, R) each, R = longest response."""
-
-    responses: torch.Tensor  # sampled tokens, PAD after EOS
-    mask: torch.Tensor  # bool, True up to and including EOS
-    logprobs: torch.Tensor  # log p(token) at the sampling temperature, 0 after EOS
-    entropy: torch.Tensor  # entropy of the (tempered) next-token distribution, 0 after EOS
-    values: torch.Tensor | None  # value-head output for the state before each token, None without a head
-
-
-def gpt2_parts(model: nn.Module) -> nn.Module:
-    """The ``GPT2Model`` inside a GPT-2 LM (PEFT-wrapped or not), checked to be a plain GPT-2."""
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    backbone = getattr(model, "transformer", None)
-    config = getattr(model, "config", None)
-    if backbone is None or not hasattr(backbone, "h") or getattr(config, "model_type", None) != "gpt2":
-        raise ValueError(f"PPO's rollout sampler expects a GPT-2 language model, got {type(model).__name__}")
-    if not config.scale_attn_weights or config.scale_attn_by_inverse_layer_idx or config.add_cross_attention:
-        raise ValueError("PPO's rollout sampler supports GPT-2's standard attention only")
-    return backbone
-
-
-def sample_token(logits: torch.Tensor, generator: torch.Generator | None
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Draw one token per row from softmax(logits) (B, V) by inverse CDF: one uniform number per row.
-
-    Returns (tokens (B,), their log-probabilities (B,), the entropy of each row's distribution (B,)).
-    """
-    logp = torch.log_softmax(logits, dim=-1)  # (B, V)
-    probs = logp.exp()
-    cdf = probs.cumsum(dim=-1)  # (B, V)
-    u = torch.rand(logits.shape[0], 1, generator=generator, device=logits.device) * cdf[:, -1:]  # scaled: no overshoot
-    tokens = torch.searchsorted(cdf, u).clamp_(max=logits.shape[-1] - 1).squeeze(1)  # (B,)
-    entropy = -(probs * logp).sum(-1)
-    return tokens, logp.gather(-1, tokens[:, None]).squeeze(1), entropy
-
-
-@torch.no_grad()
-def sample_responses(policy: nn.Module, queries: torch.Tensor, query_mask: torch.Tensor, max_new_tokens: int,
-                     temperature: float, eos_token_id: int, pad_token_id: int, generator: torch.Generator | None,
-                     value_head: nn.Module | None = None) -> Samples:
-    """Continue left-padded prompts (B, P) with a GPT-2 policy (a PEFT wrapper keeps its adapters active).
-
-    The prompt goes through once (prefill), then each step feeds one token per row, reusing keys and values
-    from a preallocated cache. A row that emits EOS is finished: it gets PAD from then on, masked out, and
-    the loop ends when every row is finished or after ``max_new_tokens``.
-    """
-    backbone, head = gpt2_parts(policy), lm_head(policy)
-    B, P = queries.shape
-    T = P + max_new_tokens
-    H = backbone.config.n_head
-    C = backbone.config.n_embd
-    D = C // H
-    keys = torch.empty(len(backbone.h), B, H, T, D)  # the KV cache, one slot per position
-    values_cache = torch.empty_like(keys)
-    key_ok = torch.ones(B, T, dtype=torch.bool)  # which cached positions may be attended to (not padding)
-    key_ok[:, :P] = query_mask.bool()
-    # Prefill: causal attention among real tokens; each position also sees itself, so that padding rows
-    # attend to something and stay finite (their outputs are never used).
-    causal = torch.ones(P, P, dtype=torch.bool).tril()
-    attend = (causal & key_ok[:, None, :P]) | torch.eye(P, dtype=torch.bool)  # (B, P, P)
-
-    responses = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long)
-    mask = torch.zeros(B, max_new_tokens, dtype=torch.bool)
-    logprobs, entropy = torch.zeros(B, max_new_tokens), torch.zeros(B, max_new_tokens)
-    values = torch.zeros(B, max_new_tokens) if value_head is not None else None
-    unfinished = torch.ones(B, dtype=torch.bool)
-
-    tokens, positions = queries, position_ids_from_mask(query_mask)  # (B, P) first, then (B, 1)
-    start, steps = 0, 0  # cache slots filled so far; response tokens sampled so far
-    for step in range(max_new_tokens):
-        n = tokens.shape[1]  # P at prefill, then 1
-        x = backbone.wte(tokens) + backbone.wpe(positions)  # (B, n, C)
-        mask_now = attend[:, None] if step == 0 else key_ok[:, None, None, :start + n]  # (B, 1, n, keys)
-        for layer, block in enumerate(backbone.h):
-            q, k, v = block.attn.c_attn(block.ln_1(x)).split(C, dim=-1)  # (B, n, C) each
-            keys[layer, :, :, start:start + n] = k.view(B, n, H, D).transpose(1, 2)
-            values_cache[layer, :, :, start:start + n] = v.view(B, n, H, D).transpose(1, 2)
-            attn = nn.functional.scaled_dot_product_attention(
-                q.view(B, n, H, D).transpose(1, 2), keys[layer, :, :, :start + n],
-                values_cache[layer, :, :, :start + n], attn_mask=mask_now)  # (B, H, n, D)
-            x = x + block.attn.c_proj(attn.transpose(1, 2).reshape(B, n, C))
-            x = x + block.mlp(block.ln_2(x))
-        last = backbone.ln_f(x[:, -1])  # (B, C): the state the next token is sampled from
-        token, token_logprob, token_entropy = sample_token(tempered_logits(head, last, temperature), generator)
-        token = torch.where(unfinished, token, pad_token_id)
-        responses[:, step] = token
-        mask[:, step] = unfinished
-        logprobs[:, step] = torch.where(unfinished, token_logprob, 0.0)
-        entropy[:, step] = torch.where(unfinished, token_entropy, 0.0)
-        if values is not None:
-            values[:, step] = torch.where(unfinished, value_head(last).squeeze(-1), 0.0)
-        steps = step + 1
-        unfinished &= token != eos_token_id
-        if not bool(unfinished.any()):
-            break
-        start += n
-        tokens, positions = token[:, None], positions[:, -1:] + 1
-    trim = slice(0, steps)
-    return Samples(responses[:, trim].contiguous(), mask[:, trim].contiguous(), logprobs[:, trim].contiguous(),
-                   entropy[:, trim].contiguous(), values[:, trim].contiguous() if values is not None else None)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -880,7 +602,7 @@ class PPOTrainer:
                                             self.config.temperature)
         else:
             logits, _ = response_logits(self.ref_policy, query_responses, attention_mask, P, self.config.temperature)
-        return token_logprobs(logits, responses)
+        return logprobs_from_logits(logits, responses)
 
     def optimise(self, batch: Rollout, update: int) -> dict[str, float]:
         """5. ``ppo_epochs`` x ``num_minibatches`` Adam steps on the clipped losses; returns averaged statistics.
@@ -919,7 +641,7 @@ class PPOTrainer:
         c, mask = self.config, batch.mask[rows]
         logits, new_values = self.model(batch.query_responses[rows], batch.attention_mask[rows],
                                         batch.context_length, c.temperature)
-        new_logprobs = token_logprobs(logits, batch.responses[rows])  # (m, R)
+        new_logprobs = logprobs_from_logits(logits, batch.responses[rows])  # (m, R)
         pg_loss, pg = clipped_policy_loss(new_logprobs, batch.logprobs[rows], batch.advantages[rows], mask,
                                           c.clip_range)
         vf_loss, vf = clipped_value_loss(new_values, batch.values[rows], batch.returns[rows], mask,
@@ -1054,15 +776,6 @@ TRAIN_STATS = ("loss/policy_avg", "loss/value_avg", "policy/approxkl_avg", "poli
                "policy/clipfrac_avg", "val/clipfrac_avg", "val/ratio")
 
 
-def global_explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-                              processes: Processes) -> float:
-    """``ppo_losses.explained_variance`` over all processes: 1 - Var[returns - values] / Var[returns]."""
-    var_returns = global_masked_var(returns, mask, processes, unbiased=False)
-    if var_returns == 0:
-        return math.nan
-    return (1.0 - global_masked_var(returns - values, mask, processes, unbiased=False) / var_returns).item()
-
-
 class _timer:
     """``with _timer(timings, "name"):`` adds the block's wall time to ``timings["name"]``."""
 
@@ -1074,163 +787,3 @@ class _timer:
 
     def __exit__(self, *exc) -> None:
         self.timings[self.name] = self.timings.get(self.name, 0.0) + time.perf_counter() - self.start
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Logs and the dashboard
-# ---------------------------------------------------------------------------------------------------------
-def write_log(log: Sequence[dict], folder: str | Path) -> None:
-    """Write ``log`` (one dict per update) as ``log.json`` and ``log.csv`` in ``folder``, atomically."""
-    from utils.artifacts import atomic_write_json, atomic_write_text
-
-    folder = Path(folder)
-    atomic_write_json(folder / "log.json", list(log))
-    columns = list(dict.fromkeys(k for row in log for k in row))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(log)
-    atomic_write_text(folder / "log.csv", buffer.getvalue())
-
-
-def read_log(path: str | Path) -> list[dict]:
-    """A log written by :func:`write_log` (``log.json``, or the folder holding it)."""
-    path = Path(path)
-    return json.loads((path / "log.json" if path.is_dir() else path).read_text())
-
-
-DASHBOARD_PANELS = (  # (title, [(log key, label), ...])
-    ("reward", [("objective/scores", "score (proxy)"), ("objective/rlhf_reward", "score - beta KL"),
-                ("objective/gold_reward", "gold")]),
-    ("KL to reference (nats / response)", [("objective/kl", "k1"), ("objective/kl_k3", "k3")]),
-    ("beta", [("beta", "beta")]),
-    ("clip fraction", [("policy/clipfrac_avg", "policy"), ("val/clipfrac_avg", "value")]),
-    ("approx. KL(old || new) per token", [("policy/approxkl_avg", "k2 (TRL)"), ("policy/approxkl_k3_avg", "k3")]),
-    ("value loss", [("loss/value_avg", "value loss")]),
-    ("explained variance", [("val/explained_variance", "explained variance")]),
-    ("response length (tokens)", [("val/response_length", "mean length")]),
-)
-
-
-def plot_dashboard(log: Sequence[dict] | str | Path) -> Figure:
-    """A 2 x 4 matplotlib figure of a PPO run: rewards, KL, beta, clipping, approx. KL, value loss,
-    explained variance and response length against episodes. ``log`` is a list of dicts or a log path."""
-    import matplotlib.pyplot as plt
-
-    rows = read_log(log) if isinstance(log, (str, Path)) else list(log)
-    if not rows:
-        raise ValueError("the log is empty: nothing to plot")
-    episodes = [r["episode"] for r in rows]
-    fig, axes = plt.subplots(2, 4, figsize=(16, 6.5), constrained_layout=True)
-    for ax, (title, series) in zip(axes.flat, DASHBOARD_PANELS):
-        for key, label in series:
-            if key in rows[0]:
-                ax.plot(episodes, [r.get(key, math.nan) for r in rows], label=label)
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("episodes")
-        ax.grid(alpha=0.3)
-        if len(series) > 1:
-            ax.legend(fontsize=8)
-    return fig
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The pipeline stage
-# ---------------------------------------------------------------------------------------------------------
-def _ppo_training_key(profile: Profile) -> dict:
-    """What a PPO run from the course models depends on: the SFT policy, the reward model, the PPO config."""
-    from utils.reward_model import _rm_key
-    from utils.sft import _sft_key
-
-    return {**_sft_key(profile), **_rm_key(profile), "ppo": profile.ppo}
-
-
-def _ppo_key(profile: Profile) -> dict:
-    """The ``ppo`` artifact: the run, and its before/after measurement, which samples as the eval stage does."""
-    from utils.evaluation import eval_config
-
-    evaluation = eval_config(profile)
-    sampling = {"temperature": evaluation.temperature, "max_new_tokens": evaluation.max_new_tokens}
-    return {**_ppo_training_key(profile), "evaluation_sampling": sampling}
-
-
-def ppo_dir(profile: Profile | None = None, progress: bool = True) -> Path:
-    """Folder of the PPO-trained policy, its log and its before/after evaluation, built on first use."""
-    from utils import evaluation as ev
-    from utils import pipeline
-    from utils.artifacts import get_or_build, write_jsonl
-    from utils.profiles import get_profile
-    from utils.reward_model import load_reward_model
-    from utils.seed import set_seed
-    from utils.sft import load_sft_model
-
-    profile = profile or get_profile()
-    config: PPOConfig = profile.ppo
-
-    def build(folder: Path) -> dict:
-        policy, tokenizer = load_sft_model(profile)
-        reference = copy.deepcopy(policy)
-        reward_model, _ = load_reward_model(profile)
-        reward_fn = reward_model_fn(reward_model.requires_grad_(False))
-        gold_fn = text_reward_fn(_gold_reward, tokenizer)
-        value_model = copy.deepcopy(reward_model).requires_grad_(True) if config.value_model == "model" else None
-        train_prompts = [r["prompt"] for r in pipeline.load_dataset_rows("rl_prompts_train", profile)]
-        test_prompts = [r["prompt"] for r in pipeline.load_dataset_rows("rl_prompts_test", profile)]
-
-        # A sample independent of the eval stage's (seed config.seed + 1, not EvalConfig.seed), measured by
-        # the same function: two estimates of every number, so the reader sees the sampling noise.
-        evaluate = functools.partial(ev.evaluate_policy, ref_policy=reference, proxy_fn=reward_fn,
-                                     tokenizer=tokenizer, prompts=test_prompts, seed=config.seed + 1,
-                                     sampling=ev.sampling_config(ev.eval_config(profile), config, tokenizer))
-        before, before_samples = evaluate(policy)
-        set_seed(config.seed)
-        trainer = PPOTrainer(config, policy, None if config.use_lora else reference, reward_fn,
-                             tokenizer(train_prompts)["input_ids"], tokenizer.pad_token_id, tokenizer.eos_token_id,
-                             value_model=value_model, gold_fn=gold_fn)
-        start = time.perf_counter()
-        log = trainer.train(progress=progress)
-        seconds = time.perf_counter() - start
-        trained = trainer.model.policy
-        if config.use_lora:
-            trained = trained.merge_and_unload()
-        after, after_samples = evaluate(trained)
-        trained.save_pretrained(str(folder))
-        tokenizer.save_pretrained(str(folder))
-        write_log(log, folder)
-        write_jsonl(folder / "samples_before.jsonl", before_samples)
-        write_jsonl(folder / "samples_after.jsonl", after_samples)
-        meta = {f"{k}_before": v for k, v in before.items()}
-        meta.update({f"{k}_after": v for k, v in after.items()})
-        meta.update(kl_to_ref=after["kl"], kl_to_ref_k3=after["kl_k3"], train_seconds=seconds,
-                    episodes_per_second=config.num_updates * config.batch_size / seconds)
-        return meta
-
-    return get_or_build("ppo", _ppo_key(profile), build)
-
-
-def _gold_reward(text: str) -> float:
-    from utils import review_world as rw
-
-    return rw.gold_reward(text)
-
-
-def load_ppo_policy(profile: Profile | None = None):
-    """(model, tokenizer) of the PPO-trained policy, training it first if needed."""
-    from transformers import GPT2LMHeadModel
-
-    from utils.tokenizer import load_tokenizer
-
-    folder = ppo_dir(profile)
-    return GPT2LMHeadModel.from_pretrained(str(folder)).eval(), load_tokenizer(folder)
-
-
-def ppo_stage(profile: Profile) -> dict:
-    """Pipeline stage ``ppo``: builds (or loads) the PPO policy and returns its metrics as ``ppo.*``."""
-    from utils.artifacts import read_meta
-
-    meta = read_meta(ppo_dir(profile))
-    keys = ("gold_reward_before", "gold_reward_after", "proxy_reward_before", "proxy_reward_after", "kl_to_ref",
-            "grammatical_fraction_before", "grammatical_fraction_after", "positive_fraction_before",
-            "positive_fraction_after", "length_tokens_before", "length_tokens_after", "train_seconds",
-            "episodes_per_second")
-    return {f"ppo.{k}": meta[k] for k in keys}

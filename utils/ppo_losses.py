@@ -305,13 +305,15 @@ def clipped_value_loss(
 def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """log p(token) under softmax(logits): logits (..., V), tokens (...) -> (...).
 
-    Gathers the one logit needed and subtracts the log-partition, instead of materialising a full
-    (..., V) log_softmax: the same number with much less memory for a large vocabulary.
+    The one log-prob-of-tokens function of the course: PPO's rollout evaluation and training, and the
+    evaluation of a policy, all call it, so the same logits always give the same bits. It goes through
+    PyTorch's fused ``log_softmax`` kernel rather than ``gather - logsumexp`` (equal up to rounding, ~1e-6):
+    on a CPU its forward and backward passes are about twice as fast, and the (..., V) intermediate it
+    keeps is a few MB at the course's sizes.
     """
     if logits.shape[:-1] != tokens.shape:
         raise ValueError(f"tokens must have shape {tuple(logits.shape[:-1])}, got {tuple(tokens.shape)}")
-    picked = torch.gather(logits, dim=-1, index=tokens.long().unsqueeze(-1)).squeeze(-1)  # (...)
-    return picked - torch.logsumexp(logits, dim=-1)
+    return torch.log_softmax(logits, dim=-1).gather(-1, tokens.long().unsqueeze(-1)).squeeze(-1)
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:

@@ -12,9 +12,10 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
+from utils.evaluation import EvalConfig, SweepConfig
 from utils.language_model import LMConfig, LMTrainConfig
-from utils.review_world import GrammarConfig
 from utils.ppo import PPOConfig
+from utils.review_world import GrammarConfig
 from utils.reward_model import RewardModelConfig
 from utils.sft import SFTConfig
 from utils.tokenizer import TokenizerConfig
@@ -54,6 +55,7 @@ class Profile:
     sft: SFTConfig = field(default_factory=SFTConfig)  # instruction tuning (utils.sft)
     rm: RewardModelConfig = field(default_factory=RewardModelConfig)  # reward model (utils.reward_model)
     ppo: PPOConfig = field(default_factory=PPOConfig)  # RLHF with PPO (utils.ppo)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)  # held-out evaluation and KL sweep (utils.evaluation)
 
 
 PROFILES: dict[str, Profile] = {
@@ -73,6 +75,9 @@ PROFILES: dict[str, Profile] = {
                              normalisation_texts=200, train_trl=True, encoder_n_embd=32, encoder_n_layer=1,
                              encoder_n_head=2),
         ppo=PPOConfig(total_episodes=64, batch_size=16, num_minibatches=2, ppo_epochs=2, response_length=24),
+        evaluation=EvalConfig(num_prompts=16, batch_size=16, table_rows=4,
+                              sweep=SweepConfig(betas=(0.0, 1.0), total_episodes=32, batch_size=16, evaluations=1,
+                                                eval_prompts=16, samples_kept=2)),
     ),
 }
 

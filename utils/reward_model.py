@@ -49,8 +49,6 @@ from utils.seed import set_seed
 if TYPE_CHECKING:
     from trl import RewardTrainer
 
-    from utils.profiles import Profile
-
 HEADS = ("gpt", "cls")  # GPT-style last-token head, BERT-style CLS head
 INITS = ("sft", "base")  # what the GPT-style reward model starts from
 
@@ -309,7 +307,7 @@ def build_trl_reward_trainer(model: PreTrainedModel, tokenizer: PreTrainedTokeni
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 
-    from utils.sft import offline_cpu_training_args, quiet_training, silence_trainer
+    from utils.trl_helpers import offline_cpu_training_args, quiet_training, silence_trainer
 
     if optimizers is None:
         optimizer = make_optimizer(model, config.lr, config.weight_decay, config.betas)
@@ -503,109 +501,3 @@ def evaluate_reward_model(model: nn.Module, tokenizer: PreTrainedTokenizerBase, 
                "texts": [{"text": t, "score": s, "gold": g, "words": w}
                          for t, s, g, w in zip(texts, scores, gold, words)]}
     return metrics, details
-
-
-# ------------------------------------------------------------------------------------------------
-# Pipeline stage
-# ------------------------------------------------------------------------------------------------
-def annotator_config(profile: Profile) -> rw.AnnotatorConfig:
-    """The annotator that labelled the preference data (default noise and length bias).
-
-    ``pipeline`` calls ``preference_pairs`` without an annotator, i.e. ``AnnotatorConfig(seed=...)``; the seed
-    only drives the coin flips, not the probabilities, so it does not matter for Bayes accuracy.
-    """
-    return rw.AnnotatorConfig(seed=profile.data.seed + 8)  # preferences_test: seed s + 6, annotator seed + 2
-
-
-def _rm_key(profile: Profile) -> dict:
-    """What the RM artifact depends on: the model it starts from (and all upstream of it) and our config."""
-    from utils import pipeline
-    from utils.sft import _sft_key
-
-    upstream = _sft_key(profile) if profile.rm.init == "sft" else pipeline._lm_key(profile)
-    return {**upstream, "rm": profile.rm}
-
-
-def _initial_lm(profile: Profile):
-    from utils import pipeline
-    from utils.sft import load_sft_model
-
-    return load_sft_model(profile) if profile.rm.init == "sft" else pipeline.load_base_lm(profile)
-
-
-def rm_dir(profile: Profile | None = None) -> Path:
-    """Folder of the pipeline's reward model (GPT-style, our loop, normalised), built on first use."""
-    import tempfile
-
-    from utils import pipeline
-    from utils.artifacts import atomic_write_json, get_or_build, write_jsonl
-    from utils.profiles import get_profile
-    from utils.sft import quiet_training
-
-    profile = profile or get_profile()
-    config: RewardModelConfig = profile.rm
-
-    def build(folder: Path) -> dict:
-        train_rows = pipeline.load_dataset_rows("preferences_train", profile)
-        test_rows = pipeline.load_dataset_rows("preferences_test", profile)
-        lm, tokenizer = _initial_lm(profile)
-        pad = tokenizer.pad_token_id
-        train, test = encode_pairs(train_rows, tokenizer), encode_pairs(test_rows, tokenizer)
-        annotator = annotator_config(profile)
-        reference = [r["prompt"] + r[k] for r in train_rows for k in ("chosen", "rejected")]
-        reference = reference[:config.normalisation_texts]
-
-        model = build_gpt_reward_model(lm, pad, seed=config.seed)
-        start = time.perf_counter()
-        log = train_reward_model(model, train, test, pad, config)
-        meta: dict = {"train_seconds": time.perf_counter() - start,
-                      "train_accuracy": evaluate_pairs(model, train, pad)["accuracy"]}
-        meta["norm_mean"], meta["norm_std"] = set_normalisation(model, tokenizer, reference)
-        metrics, details = evaluate_reward_model(model, tokenizer, test_rows, annotator, config.calibration_bins)
-        meta.update(metrics)
-        model.save_pretrained(str(folder))
-        tokenizer.save_pretrained(str(folder))
-        logs = {"ours": log}
-        atomic_write_json(folder / "calibration.json", details["reliability"])
-        write_jsonl(folder / "heldout_scores.jsonl", details["texts"])
-
-        if config.train_trl:  # the same model, data and schedule, trained by TRL
-            trl_model = build_gpt_reward_model(lm, pad, seed=config.seed)
-            with tempfile.TemporaryDirectory(prefix="rm-trl-") as output_dir:
-                trainer = build_trl_reward_trainer(trl_model, tokenizer, train_rows, config, output_dir)
-                start = time.perf_counter()
-                with quiet_training():
-                    trainer.train()
-                meta["trl_train_seconds"] = time.perf_counter() - start
-            logs["trl"] = trl_step_losses(trainer)
-            meta["trl_heldout_accuracy"] = evaluate_pairs(trainer.model, test, pad)["accuracy"]
-
-        if config.train_encoder:  # BERT-style CLS head, from scratch
-            encoder = build_encoder_reward_model(config, tokenizer, lm.config.n_positions, seed=config.seed)
-            start = time.perf_counter()
-            logs["encoder"] = train_reward_model(encoder, train, test, pad, config, lr=config.encoder_lr)
-            meta["encoder_train_seconds"] = time.perf_counter() - start
-            meta["encoder_heldout_accuracy"] = evaluate_pairs(encoder, test, pad)["accuracy"]
-            meta["encoder_train_accuracy"] = evaluate_pairs(encoder, train, pad)["accuracy"]
-        atomic_write_json(folder / "train_log.json", logs)
-        return meta
-
-    return get_or_build("rm", _rm_key(profile), build)
-
-
-def load_reward_model(profile: Profile | None = None) -> tuple[GPT2ForSequenceClassification, PreTrainedTokenizerBase]:
-    """(model, tokenizer) of the pipeline's reward model, training it first if needed.
-
-    ``score_texts(model, tokenizer, texts)`` gives its normalised rewards (statistics stored in the config).
-    """
-    from utils.tokenizer import load_tokenizer
-
-    folder = rm_dir(profile)
-    return GPT2ForSequenceClassification.from_pretrained(str(folder)).eval(), load_tokenizer(folder)
-
-
-def rm_stage(profile: Profile) -> dict:
-    """Pipeline stage ``rm``: builds (or loads) the reward model and returns its metrics as ``rm.*``."""
-    from utils.artifacts import read_meta
-
-    return {f"rm.{k}": v for k, v in read_meta(rm_dir(profile)).items()}

@@ -24,29 +24,24 @@ positive review?), and catastrophic forgetting: the NLL of plain reviews before 
 """
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import os
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import nn
 
 from utils import review_world as rw
 from utils.decoding import SamplingConfig, generate, left_pad
-from utils.seed import set_seed
 from utils.text_metrics import corpus_bleu, mean_rouge
+from utils.trl_helpers import offline_cpu_training_args, quiet_training, silence_trainer
 
 if TYPE_CHECKING:  # heavy imports (TRL, PEFT, datasets) are loaded only when training
-    from transformers import GPT2LMHeadModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedTokenizerBase
     from trl import SFTTrainer
-
-    from utils.profiles import Profile
 
 LORA_ADAPTER_DIR = "lora_adapter"  # sub-folder of the SFT artifact holding the LoRA adapter
 
@@ -91,48 +86,6 @@ class SFTConfig:
 # ------------------------------------------------------------------------------------------------
 # Training with TRL
 # ------------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def quiet_training() -> Iterator[None]:
-    """Silence the progress bars of ``datasets.map`` and known harmless library warnings (restored after)."""
-    from datasets.utils import logging as ds_logging
-
-    was_enabled = ds_logging.is_progress_bar_enabled()
-    ds_logging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            # PEFT still reads transformers' renamed `is_gradient_checkpointing`: harmless, and not ours to fix.
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            yield
-    finally:
-        if was_enabled:
-            ds_logging.enable_progress_bar()
-
-
-def silence_trainer(trainer):
-    """Remove the callback that prints every log dict to stdout (we keep the log in ``state.log_history``)."""
-    from transformers import PrinterCallback, ProgressCallback
-
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
-    return trainer
-
-
-def offline_cpu_training_args(batch_size: int, seed: int) -> dict:
-    """``TrainingArguments`` shared by our TRL runs: CPU, fp32, seeded, silent, no checkpoints, no network.
-
-    TRL's defaults aim at large GPU runs: bf16 and gradient checkpointing are *on* by default, both wrong
-    (and slow) for a 1M-parameter model on a CPU. We save the final model ourselves, so the trainer saves
-    nothing, and it reports to nothing (no wandb/tensorboard).
-    """
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # TRL pings the hub when a trainer starts
-    return dict(
-        per_device_train_batch_size=batch_size, per_device_eval_batch_size=batch_size,
-        use_cpu=True, bf16=False, fp16=False, activation_checkpointing=False,
-        seed=seed, data_seed=seed, dataloader_num_workers=0,
-        save_strategy="no", report_to=[], disable_tqdm=True, log_level="error", logging_steps=10,
-    )
-
-
 def to_dataset(rows: Sequence[dict]):
     """Prompt-completion rows as a ``datasets.Dataset`` (extra columns such as ``task`` are kept)."""
     from datasets import Dataset
@@ -373,91 +326,3 @@ def evaluate_instructions(model: nn.Module, tokenizer: PreTrainedTokenizerBase, 
         for check in task_checks(subset[0], subset[0]["output"]):
             metrics[f"{task}.{check}"] = sum(r[check] for r in subset) / len(subset)
     return metrics, records
-
-
-# ------------------------------------------------------------------------------------------------
-# Pipeline stage
-# ------------------------------------------------------------------------------------------------
-def _sft_key(profile: Profile) -> dict:
-    """What the SFT artifact depends on: everything upstream (data, tokenizer, base LM) and our config."""
-    from utils import pipeline
-
-    return {**pipeline._lm_key(profile), "sft": profile.sft}
-
-
-def sft_dir(profile: Profile | None = None) -> Path:
-    """Folder of the instruction-tuned model (full fine-tuning) and its evaluation, built on first use."""
-    from utils import pipeline
-    from utils.artifacts import atomic_write_json, get_or_build, write_jsonl
-    from utils.language_model import encode_reviews, nll_per_review
-    from utils.profiles import get_profile
-
-    profile = profile or get_profile()
-    config: SFTConfig = profile.sft
-
-    def build(folder: Path) -> dict:
-        train_rows = pipeline.load_dataset_rows("instructions_train", profile)
-        test_rows = pipeline.load_dataset_rows("instructions_test", profile)
-        reviews = [r["text"] for r in pipeline.load_dataset_rows("lm_val", profile)]
-        base, tokenizer = pipeline.load_base_lm(profile)
-        val = encode_reviews(reviews, tokenizer)
-        evaluate = dict(max_new_tokens=config.eval_max_new_tokens, batch_size=config.eval_batch_size)
-        meta = {"base_review_nll": nll_per_review(base, val, tokenizer.pad_token_id),
-                "base_first_token_nll": first_token_nll(base, val),
-                "base_completion_nll": completion_nll(base, tokenizer, test_rows)}
-
-        set_seed(config.seed)
-        model, report = train_sft(base, tokenizer, train_rows, config)
-        model.save_pretrained(str(folder))
-        tokenizer.save_pretrained(str(folder))
-        metrics, records = evaluate_instructions(model, tokenizer, test_rows, **evaluate)
-        write_jsonl(folder / "test_outputs.jsonl", records)
-        meta.update(metrics)
-        meta.update(train_seconds=report["train_seconds"], steps=report["steps"],
-                    completion_nll=completion_nll(model, tokenizer, test_rows),
-                    review_nll=nll_per_review(model, val, tokenizer.pad_token_id))
-        meta["forgetting_nll_delta"] = meta["review_nll"] - meta["base_review_nll"]
-        meta["first_token_nll"] = first_token_nll(model, val)
-        # The part of the forgetting that is not the (never trained) first token of a review.
-        meta["forgetting_nll_delta_after_first_token"] = (
-            meta["forgetting_nll_delta"] - (meta["first_token_nll"] - meta["base_first_token_nll"]))
-        logs = {"full": report["log"]}
-
-        if config.train_lora:
-            lora_base, _ = pipeline.load_base_lm(profile)
-            lora_model, lora_report = train_sft(lora_base, tokenizer, train_rows, config, lora=True)
-            lora_model.save_pretrained(str(folder / LORA_ADAPTER_DIR))  # the adapter only (a few hundred kB)
-            merged = lora_model.merge_and_unload()  # W + (alpha/r) B A: a plain GPT-2 again, as fast as the base
-            lora_metrics, lora_records = evaluate_instructions(merged, tokenizer, test_rows, **evaluate)
-            write_jsonl(folder / "test_outputs_lora.jsonl", lora_records)
-            meta.update({f"lora_{k}": v for k, v in lora_metrics.items()})
-            meta.update(lora_train_seconds=lora_report["train_seconds"],
-                        lora_trainable_share=lora_report["trainable_share"],
-                        lora_trainable_params=lora_report["trainable_params"],
-                        lora_completion_nll=completion_nll(merged, tokenizer, test_rows),
-                        lora_forgetting_nll_delta=nll_per_review(merged, val, tokenizer.pad_token_id)
-                        - meta["base_review_nll"])
-            logs["lora"] = lora_report["log"]
-        meta["qlora_available"] = qlora_unavailable_reason() is None
-        atomic_write_json(folder / "train_log.json", logs)
-        return meta
-
-    return get_or_build("sft", _sft_key(profile), build)
-
-
-def load_sft_model(profile: Profile | None = None) -> tuple[GPT2LMHeadModel, PreTrainedTokenizerBase]:
-    """(model, tokenizer) of the instruction-tuned LM (full fine-tuning), training it first if needed."""
-    from transformers import GPT2LMHeadModel
-
-    from utils.tokenizer import load_tokenizer
-
-    folder = sft_dir(profile)
-    return GPT2LMHeadModel.from_pretrained(str(folder)).eval(), load_tokenizer(folder)
-
-
-def sft_stage(profile: Profile) -> dict:
-    """Pipeline stage ``sft``: builds (or loads) the SFT artifact and returns its metrics as ``sft.*``."""
-    from utils.artifacts import read_meta
-
-    return {f"sft.{k}": v for k, v in read_meta(sft_dir(profile)).items()}
-

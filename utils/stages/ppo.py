@@ -1,0 +1,98 @@
+"""Stage ``ppo``: the SFT policy trained with PPO against the reward model, measured before and after."""
+from __future__ import annotations
+
+import copy
+import functools
+import time
+from pathlib import Path
+
+from transformers import GPT2LMHeadModel
+
+from utils import review_world as rw
+from utils.artifacts import get_or_build, read_meta, write_jsonl
+from utils.evaluation import evaluate_policy, sampling_config
+from utils.ppo import PPOConfig, PPOTrainer, reward_model_fn, text_reward_fn
+from utils.ppo_logs import write_log
+from utils.profiles import Profile
+from utils.seed import set_seed
+from utils.stages.data import load_dataset_rows
+from utils.stages.profile import resolve_profile
+from utils.stages.rm import load_reward_model, rm_key
+from utils.stages.sft import load_sft_model, sft_key
+from utils.tokenizer import load_tokenizer
+
+# The ppo.* metrics the pipeline reports (the artifact's manifest holds more).
+METRIC_KEYS = ("gold_reward_before", "gold_reward_after", "proxy_reward_before", "proxy_reward_after", "kl_to_ref",
+               "grammatical_fraction_before", "grammatical_fraction_after", "positive_fraction_before",
+               "positive_fraction_after", "length_tokens_before", "length_tokens_after", "train_seconds",
+               "episodes_per_second")
+
+
+def ppo_training_key(profile: Profile) -> dict:
+    """What a PPO run from the course models depends on: the SFT policy, the reward model, the PPO config."""
+    return {**sft_key(profile), **rm_key(profile), "ppo": profile.ppo}
+
+
+def ppo_key(profile: Profile) -> dict:
+    """The ``ppo`` artifact: the run, and its before/after measurement, which samples as the eval stage does."""
+    evaluation = profile.evaluation
+    sampling = {"temperature": evaluation.temperature, "max_new_tokens": evaluation.max_new_tokens}
+    return {**ppo_training_key(profile), "evaluation_sampling": sampling}
+
+
+def ppo_dir(profile: Profile | None = None, progress: bool = True) -> Path:
+    """Folder of the PPO-trained policy, its log and its before/after evaluation, built on first use."""
+    profile = resolve_profile(profile)
+    config: PPOConfig = profile.ppo
+
+    def build(folder: Path) -> dict:
+        policy, tokenizer = load_sft_model(profile)
+        reference = copy.deepcopy(policy)
+        reward_model, _ = load_reward_model(profile)
+        reward_fn = reward_model_fn(reward_model.requires_grad_(False))
+        gold_fn = text_reward_fn(rw.gold_reward, tokenizer)
+        value_model = copy.deepcopy(reward_model).requires_grad_(True) if config.value_model == "model" else None
+        train_prompts = [r["prompt"] for r in load_dataset_rows("rl_prompts_train", profile)]
+        test_prompts = [r["prompt"] for r in load_dataset_rows("rl_prompts_test", profile)]
+
+        # A sample independent of the eval stage's (seed config.seed + 1, not EvalConfig.seed), measured by
+        # the same function: two estimates of every number, so the reader sees the sampling noise.
+        evaluate = functools.partial(evaluate_policy, ref_policy=reference, proxy_fn=reward_fn,
+                                     tokenizer=tokenizer, prompts=test_prompts, seed=config.seed + 1,
+                                     sampling=sampling_config(profile.evaluation, config, tokenizer))
+        before, before_samples = evaluate(policy)
+        set_seed(config.seed)
+        trainer = PPOTrainer(config, policy, None if config.use_lora else reference, reward_fn,
+                             tokenizer(train_prompts)["input_ids"], tokenizer.pad_token_id, tokenizer.eos_token_id,
+                             value_model=value_model, gold_fn=gold_fn)
+        start = time.perf_counter()
+        log = trainer.train(progress=progress)
+        seconds = time.perf_counter() - start
+        trained = trainer.model.policy
+        if config.use_lora:
+            trained = trained.merge_and_unload()
+        after, after_samples = evaluate(trained)
+        trained.save_pretrained(str(folder))
+        tokenizer.save_pretrained(str(folder))
+        write_log(log, folder)
+        write_jsonl(folder / "samples_before.jsonl", before_samples)
+        write_jsonl(folder / "samples_after.jsonl", after_samples)
+        meta = {f"{k}_before": v for k, v in before.items()}
+        meta.update({f"{k}_after": v for k, v in after.items()})
+        meta.update(kl_to_ref=after["kl"], kl_to_ref_k3=after["kl_k3"], train_seconds=seconds,
+                    episodes_per_second=config.num_updates * config.batch_size / seconds)
+        return meta
+
+    return get_or_build("ppo", ppo_key(profile), build)
+
+
+def load_ppo_policy(profile: Profile | None = None):
+    """(model, tokenizer) of the PPO-trained policy, training it first if needed."""
+    folder = ppo_dir(profile)
+    return GPT2LMHeadModel.from_pretrained(str(folder)).eval(), load_tokenizer(folder)
+
+
+def ppo_metrics(profile: Profile) -> dict:
+    """Stage ``ppo``: builds (or loads) the PPO policy; the before/after headline numbers, as ``ppo.*``."""
+    meta = read_meta(ppo_dir(profile))
+    return {f"ppo.{k}": meta[k] for k in METRIC_KEYS}

@@ -1,0 +1,98 @@
+"""Stage ``rm``: the pipeline's reward model (GPT-style head on the SFT model, our Bradley-Terry loop,
+normalised scores), with TRL's ``RewardTrainer`` and a BERT-style encoder beside it if configured."""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from transformers import GPT2ForSequenceClassification, PreTrainedTokenizerBase
+
+from utils.artifacts import atomic_write_json, get_or_build, read_meta, write_jsonl
+from utils.profiles import Profile
+from utils.reward_model import (RewardModelConfig, build_encoder_reward_model, build_gpt_reward_model,
+                                build_trl_reward_trainer, encode_pairs, evaluate_pairs, evaluate_reward_model,
+                                set_normalisation, train_reward_model, trl_step_losses)
+from utils.stages.data import annotator_config, load_dataset_rows
+from utils.stages.lm import lm_key, load_base_lm
+from utils.stages.profile import resolve_profile
+from utils.stages.sft import load_sft_model, sft_key
+from utils.tokenizer import load_tokenizer
+from utils.trl_helpers import quiet_training
+
+
+def rm_key(profile: Profile) -> dict:
+    """What the RM artifact depends on: the model it starts from (and all upstream of it) and our config."""
+    upstream = sft_key(profile) if profile.rm.init == "sft" else lm_key(profile)
+    return {**upstream, "rm": profile.rm}
+
+
+def _initial_lm(profile: Profile):
+    return load_sft_model(profile) if profile.rm.init == "sft" else load_base_lm(profile)
+
+
+def rm_dir(profile: Profile | None = None) -> Path:
+    """Folder of the pipeline's reward model (GPT-style, our loop, normalised), built on first use."""
+    profile = resolve_profile(profile)
+    config: RewardModelConfig = profile.rm
+
+    def build(folder: Path) -> dict:
+        train_rows = load_dataset_rows("preferences_train", profile)
+        test_rows = load_dataset_rows("preferences_test", profile)
+        lm, tokenizer = _initial_lm(profile)
+        pad = tokenizer.pad_token_id
+        train, test = encode_pairs(train_rows, tokenizer), encode_pairs(test_rows, tokenizer)
+        annotator = annotator_config(profile)
+        reference = [r["prompt"] + r[k] for r in train_rows for k in ("chosen", "rejected")]
+        reference = reference[:config.normalisation_texts]
+
+        model = build_gpt_reward_model(lm, pad, seed=config.seed)
+        start = time.perf_counter()
+        log = train_reward_model(model, train, test, pad, config)
+        meta: dict = {"train_seconds": time.perf_counter() - start,
+                      "train_accuracy": evaluate_pairs(model, train, pad)["accuracy"]}
+        meta["norm_mean"], meta["norm_std"] = set_normalisation(model, tokenizer, reference)
+        metrics, details = evaluate_reward_model(model, tokenizer, test_rows, annotator, config.calibration_bins)
+        meta.update(metrics)
+        model.save_pretrained(str(folder))
+        tokenizer.save_pretrained(str(folder))
+        logs = {"ours": log}
+        atomic_write_json(folder / "calibration.json", details["reliability"])
+        write_jsonl(folder / "heldout_scores.jsonl", details["texts"])
+
+        if config.train_trl:  # the same model, data and schedule, trained by TRL
+            trl_model = build_gpt_reward_model(lm, pad, seed=config.seed)
+            with tempfile.TemporaryDirectory(prefix="rm-trl-") as output_dir:
+                trainer = build_trl_reward_trainer(trl_model, tokenizer, train_rows, config, output_dir)
+                start = time.perf_counter()
+                with quiet_training():
+                    trainer.train()
+                meta["trl_train_seconds"] = time.perf_counter() - start
+            logs["trl"] = trl_step_losses(trainer)
+            meta["trl_heldout_accuracy"] = evaluate_pairs(trainer.model, test, pad)["accuracy"]
+
+        if config.train_encoder:  # BERT-style CLS head, from scratch
+            encoder = build_encoder_reward_model(config, tokenizer, lm.config.n_positions, seed=config.seed)
+            start = time.perf_counter()
+            logs["encoder"] = train_reward_model(encoder, train, test, pad, config, lr=config.encoder_lr)
+            meta["encoder_train_seconds"] = time.perf_counter() - start
+            meta["encoder_heldout_accuracy"] = evaluate_pairs(encoder, test, pad)["accuracy"]
+            meta["encoder_train_accuracy"] = evaluate_pairs(encoder, train, pad)["accuracy"]
+        atomic_write_json(folder / "train_log.json", logs)
+        return meta
+
+    return get_or_build("rm", rm_key(profile), build)
+
+
+def load_reward_model(profile: Profile | None = None) -> tuple[GPT2ForSequenceClassification, PreTrainedTokenizerBase]:
+    """(model, tokenizer) of the pipeline's reward model, training it first if needed.
+
+    ``score_texts(model, tokenizer, texts)`` gives its normalised rewards (statistics stored in the config).
+    """
+    folder = rm_dir(profile)
+    return GPT2ForSequenceClassification.from_pretrained(str(folder)).eval(), load_tokenizer(folder)
+
+
+def rm_metrics(profile: Profile) -> dict:
+    """Stage ``rm``: builds (or loads) the reward model; its measurements, as ``rm.*``."""
+    return {f"rm.{k}": v for k, v in read_meta(rm_dir(profile)).items()}
