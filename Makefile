@@ -20,7 +20,7 @@ FINISHED := 00_setup_and_tour 01_self_attention 02_transformer_architecture \
             09_rl_basics_and_ppo 10_ppo_rlhf 11_evaluation_and_reward_hacking
 NOTEBOOKS := $(foreach n,$(FINISHED),notebooks/$(n).ipynb notebooks/solutions/$(n)_solutions.ipynb)
 
-.PHONY: setup run test unit notebooks bench lint freeze clean
+.PHONY: setup run test unit notebooks bench lint freeze clean report
 
 setup: $(STAMP)
 
@@ -51,6 +51,11 @@ notebooks: setup
 
 bench: setup
 	$(PY) -m utils.bench
+
+# REPORT.md is generated from the chapters in docs/report/ (see utils/report.py). Standard library only,
+# so the bootstrap Python suffices and no install is needed.
+report:
+	$(PYTHON_BOOTSTRAP) -m utils.report
 
 freeze: setup
 	$(PY) -m pip freeze --exclude-editable | grep -v '^torch==' | \
