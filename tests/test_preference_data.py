@@ -251,6 +251,33 @@ def test_validation_errors_for_row_shape_and_mixed_formats():
         validate_preference_rows([GOOD], max_length=0)
 
 
+@pytest.mark.parametrize(
+    ("bad_row", "column"),
+    [
+        # The hub's layout: whole transcripts, the empty reply hides behind the shared prompt.
+        ({"chosen": "\n\nHuman: Hi?\n\nAssistant: ", "rejected": "\n\nHuman: Hi?\n\nAssistant: Hello."}, "chosen"),
+        ({"chosen": "\n\nHuman: Hi?\n\nAssistant: Hello.", "rejected": "\n\nHuman: Hi?\n\nAssistant:\n"}, "rejected"),
+        ({"chosen": "Q: sky colour? A:  ", "rejected": "Q: sky colour? A: blue"}, "chosen"),  # no HH tags
+        ({"chosen": [_user("Hi?"), _assistant(" ")], "rejected": [_user("Hi?"), _assistant("Hello.")]}, "chosen"),
+        ({"chosen": [_user("Hi?")], "rejected": [_user("Hi?"), _assistant("Hello.")]}, "chosen"),  # no reply at all
+    ],
+)
+def test_implicit_prompt_rows_with_an_empty_completion_are_rejected(bad_row, column):
+    good = to_implicit_prompt({"prompt": "\n\nHuman: Hi?\n\nAssistant:", "chosen": " Hello.", "rejected": " Go."})
+    if is_conversational_row(bad_row):
+        good = to_conversational(good)
+    problems, text = _problems([good, bad_row])
+    assert problems == [(1, column)] and "after the prompt it shares with the other column" in text
+
+
+def test_implicit_prompt_rows_that_share_no_prompt_or_a_whole_word_are_fine():
+    # No shared prompt: the whole texts are the completions. Chosen a prefix of rejected, ending mid-text:
+    # the split backs off to a word boundary, so " there" is a real (non-empty) completion.
+    rows = [{"chosen": "yes", "rejected": "no"}, {"chosen": "Hi there", "rejected": "Hi there friend"},
+            {"chosen": "\n\nHuman: Hi\n\nAssistant: Sure", "rejected": "\n\nHuman: Hi\n\nAssistant: Sure thing"}]
+    assert validate_preference_rows(rows) == []
+
+
 def test_length_limit_reports_rows_or_raises():
     rows = [GOOD, {"prompt": "Q:", "chosen": " a long answer", "rejected": " no"}]
     # prompt + chosen of row 1 is "Q: a long answer" = 16 characters; everything else is at most 6.
@@ -319,6 +346,35 @@ def test_validator_finds_the_empty_chosen_completions_in_hh(hh_rows):
     assert [(t.row, t.column, t.length) for t in too_long] == expected and 0 < len(expected) < 2 * len(clean)
 
 
+def test_validator_finds_the_same_empty_completions_in_the_hub_layout(hh_raw):
+    # The hub's own rows (no prompt column): the three lone-space replies hide behind the shared dialogue.
+    with pytest.raises(PreferenceDataError) as info:
+        validate_preference_rows(hh_raw)
+    assert [(p.row, p.column) for p in info.value.problems] == [(86, "chosen"), (516, "chosen"), (925, "chosen")]
+    assert hh_raw[86]["chosen"].endswith(HH_ASSISTANT_PROMPT + " ")
+
+
+def test_hh_loader_returns_identical_pairs_for_the_validator(tmp_path, hh_raw):
+    path = tmp_path / "with_tie.jsonl"
+    tie = {"chosen": hh_raw[1]["chosen"], "rejected": hh_raw[1]["chosen"]}
+    path.write_text("".join(json.dumps(r) + "\n" for r in [hh_raw[0], tie, hh_raw[2]]), encoding="utf-8")
+    rows = load_hh_rlhf_jsonl(path)  # used to stop here with "not an HH-RLHF row"
+    assert len(rows) == 3 and [to_implicit_prompt(r) for r in rows] == [hh_raw[0], tie, hh_raw[2]]
+    assert rows[1]["prompt"].endswith(HH_ASSISTANT_PROMPT) and rows[1]["chosen"] == rows[1]["rejected"]
+    assert HH_ASSISTANT_PROMPT not in rows[1]["chosen"]  # split at the LAST assistant tag
+    with pytest.raises(PreferenceDataError) as info:
+        validate_preference_rows(rows)
+    assert [(p.row, p.column) for p in info.value.problems] == [(1, "rejected")]
+    assert "identical" in str(info.value)
+    # Rows that are not HH transcripts still stop the loader, with the file and the line (from 1).
+    path.write_text(json.dumps(hh_raw[0]) + "\n" + json.dumps({"chosen": "same", "rejected": "same"}) + "\n")
+    with pytest.raises(ValueError, match=r"with_tie.jsonl, line 2: not an HH-RLHF row"):
+        load_hh_rlhf_jsonl(path)
+    path.write_text(json.dumps({"chosen": None, "rejected": None}) + "\n")
+    with pytest.raises(ValueError, match=r"line 1: .*must be strings"):
+        load_hh_rlhf_jsonl(path)
+
+
 def test_hh_conversational_round_trip_is_exact(hh_rows):
     for row in hh_rows:
         conversational = to_conversational(row)
@@ -379,7 +435,7 @@ def test_imdb_hub_schema_in_every_file_type(tmp_path, suffix):
 def test_imdb_errors(tmp_path):
     unlabelled = tmp_path / "unsupervised.jsonl"
     unlabelled.write_text(json.dumps({"text": "no label", "label": -1}) + "\n")
-    with pytest.raises(ValueError, match=r"row 0, column 'label': expected 0 or 1, got -1"):
+    with pytest.raises(ValueError, match=r"unsupervised.jsonl, line 1, column 'label': expected 0 or 1, got -1"):
         load_imdb(unlabelled)
     wrong_schema = tmp_path / "wrong.jsonl"
     wrong_schema.write_text(json.dumps({"sentence": "x", "polarity": 1}) + "\n")
@@ -387,7 +443,7 @@ def test_imdb_errors(tmp_path):
         load_imdb(wrong_schema)
     bad_sentiment = tmp_path / "bad.csv"
     bad_sentiment.write_text("review,sentiment\ngood,positive\nmeh,neutral\n")
-    with pytest.raises(ValueError, match=r"row 1, column 'sentiment'.*'neutral'"):
+    with pytest.raises(ValueError, match=r"bad.csv, line 3, column 'sentiment'.*'neutral'"):  # header = line 1
         load_imdb(bad_sentiment)
     with pytest.raises(ValueError, match="unsupported file type"):
         load_imdb(tmp_path / "imdb.txt")
@@ -397,3 +453,51 @@ def test_clean_html_breaks():
     assert clean_html_breaks("a.<br /><br />b") == "a. b"
     assert clean_html_breaks("a <BR> b<br/>c") == "a b c"
     assert clean_html_breaks("no tags here") == "no tags here"
+
+
+def _write(path, text, encoding="utf-8"):
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+BAD_IMDB_FILES = [
+    # A broken JSONL line: the file and its line, counting from 1 (not json's own "line 1").
+    ("broken.jsonl", '{"text": "ok", "label": 1}\n\n{"text": "cut sh\n', r"broken.jsonl, line 3: not valid JSON"),
+    ("list.jsonl", '{"text": "ok", "label": 1}\n[1, 0]\n', r"list.jsonl, line 2: expected a JSON object, got list"),
+    # A missing field: file, line and field (not a bare KeyError: 'text').
+    ("missing.jsonl", '{"text": "ok", "label": 1}\n{"label": 0}\n', r"missing.jsonl, line 2: missing field 'text'"),
+    ("missing.csv", "review,sentiment\ngood,positive\nbad\n", r"missing.csv, line 3: 1 field\(s\), but the header"),
+    # An empty review text, also one that is only HTML breaks.
+    ("empty.jsonl", '{"text": "ok", "label": 1}\n{"text": "  ", "label": 0}\n', r"empty.jsonl, line 2, column 'text': empty"),
+    ("breaks.csv", 'review,sentiment\n"good",positive\n"<br /><br />",negative\n', r"breaks.csv, line 3, column 'review': empty"),
+    # A quoted review spanning lines: the next row is named by the line it starts on.
+    ("multiline.csv", 'review,sentiment\n"two\nlines",positive\nmeh,neutral\n', r"multiline.csv, line 4, column 'sentiment'"),
+    ("latin1.csv", "review,sentiment\ngood,positive\ncaf\xe9,positive\n", r"latin1.csv, line 3: not UTF-8"),
+]
+
+
+@pytest.mark.parametrize(("name", "content", "message"), BAD_IMDB_FILES, ids=[case[0] for case in BAD_IMDB_FILES])
+def test_imdb_errors_name_the_file_the_line_and_the_field(tmp_path, name, content, message):
+    path = _write(tmp_path / name, content, "latin-1" if name.startswith("latin1") else "utf-8")
+    with pytest.raises(ValueError, match=message):
+        load_imdb(path)
+
+
+def test_imdb_parquet_errors_count_rows_from_one(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "imdb.parquet"
+    pq.write_table(pa.Table.from_pylist([{"text": "good", "label": 1}, {"text": "", "label": 0}]), path)
+    with pytest.raises(ValueError, match=r"imdb.parquet, row 2, column 'text': empty"):
+        load_imdb(path)
+
+
+def test_imdb_csv_saved_by_excel_with_a_byte_order_mark(tmp_path):
+    content = 'review,sentiment\r\n"Great film.<br />Loved it.",positive\r\nDull.,negative\r\n'
+    plain = load_imdb(_write(tmp_path / "plain.csv", content))
+    excel = load_imdb(_write(tmp_path / "excel.csv", content, "utf-8-sig"))  # used to fail on '\ufeffreview'
+    assert (tmp_path / "excel.csv").read_bytes().startswith(b"\xef\xbb\xbf")
+    assert excel == plain == [{"text": "Great film. Loved it.", "label": 1}, {"text": "Dull.", "label": 0}]
+    jsonl = _write(tmp_path / "excel.jsonl", '{"text": "Fine.", "label": 1}\n', "utf-8-sig")
+    assert load_imdb(jsonl) == [{"text": "Fine.", "label": 1}]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import json
 import re
 from dataclasses import dataclass
@@ -51,7 +52,7 @@ IMDB_LABELS = {"negative": 0, "positive": 1}  # the CSV copy's sentiment words -
 class Problem:
     """One thing wrong with one row of a data set."""
 
-    row: int | None  # index of the row (None: the data set as a whole)
+    row: int | None  # index of the row in the list, counting from 0 (None: the data set as a whole)
     column: str | None  # the offending column (None: the row as a whole)
     message: str  # what is wrong and what is allowed
 
@@ -320,17 +321,38 @@ def _text_problem(value: Any, conversational: bool) -> str | None:
     return None
 
 
+def _shared_prompt_split(row: Mapping[str, Any], boundary: str | None) -> dict[str, Any] | None:
+    """An implicit-prompt row split as `to_explicit_prompt` splits it, or None when it has no shared prompt.
+
+    Standard rows split after the last `boundary` in the shared prefix when it occurs there (HH-RLHF's
+    "\n\nAssistant:"), otherwise before its last whitespace.
+    """
+    for candidate in (boundary, None) if boundary is not None else (None,):
+        try:
+            return to_explicit_prompt(row, boundary=candidate)
+        except ValueError:
+            continue
+    return None
+
+
 def validate_preference_rows(
     rows: Iterable[Mapping[str, Any]],
     max_length: int | None = None,
     length_fn: Callable[[Any], int] = len,
     raise_on_too_long: bool = False,
+    prompt_boundary: str | None = HH_ASSISTANT_PROMPT,
 ) -> list[TooLong]:
     """Check preference rows before training; return the rows over `max_length` (never drop them silently).
 
-    Raises `PreferenceDataError` (a ValueError) listing every row index and column with a missing column,
-    a non-string or empty text (conversational rows: a malformed or empty message list), styles or prompt
-    types that differ from row 0, or chosen identical to rejected.
+    Raises `PreferenceDataError` (a ValueError) listing every row index (counting from 0) and column with a
+    missing column, a non-string or empty text (conversational rows: a malformed or empty message list),
+    styles or prompt types that differ from row 0, or chosen identical to rejected.
+
+    Implicit-prompt rows (the hub's layout, no 'prompt' column) hold whole transcripts, so a completion
+    that is only whitespace hides behind the prompt: their completions are checked too, after splitting
+    off the prompt that chosen and rejected share, as `to_explicit_prompt` does (after the last
+    `prompt_boundary` in the shared prefix when it occurs there, else before its last whitespace). A row
+    whose two texts share no prompt has its whole texts checked, as above.
 
     Length: for each row and each of 'chosen' and 'rejected', `length_fn(prompt + completion)` (the whole
     sequence the model reads; just the completion for implicit-prompt rows) is compared with `max_length`.
@@ -367,6 +389,10 @@ def validate_preference_rows(
                 row_problems.append(Problem(i, column, message))
         if not row_problems and row["chosen"] == row["rejected"]:
             row_problems.append(Problem(i, "rejected", "identical to 'chosen': the pair expresses no preference"))
+        if not row_problems and not explicit_prompt and (split := _shared_prompt_split(row, prompt_boundary)):
+            for column in ("chosen", "rejected"):
+                if message := _text_problem(split[column], conversational):
+                    row_problems.append(Problem(i, column, f"after the prompt it shares with the other column: {message}"))
         problems += row_problems
         if row_problems or max_length is None:
             continue
@@ -395,8 +421,9 @@ def load_hh_rlhf_jsonl(path: str | Path) -> list[dict[str, str]]:
     Each hub row is `{"chosen", "rejected"}`, two full transcripts sharing the dialogue so far. The prompt is
     that shared dialogue up to and including its last "\n\nAssistant:"; chosen and rejected are what follows
     (starting with a space), so `prompt + chosen` is the original chosen transcript. Rows are returned as they
-    are, even unusable ones (the harmless-base test split has chosen completions that are a lone space):
-    run `validate_preference_rows` to find them.
+    are, even unusable ones (the harmless-base test split has chosen completions that are a lone space; a
+    pair whose two transcripts are identical comes back split at its last "\n\nAssistant:"): run
+    `validate_preference_rows` to find them. Errors name the file and its line, counting from 1.
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
@@ -406,14 +433,29 @@ def load_hh_rlhf_jsonl(path: str | Path) -> list[dict[str, str]]:
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
-                prompt_row = to_explicit_prompt(
-                    {"chosen": record["chosen"], "rejected": record["rejected"]}, boundary=HH_ASSISTANT_PROMPT
-                )
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+                rows.append(_hh_explicit_row(json.loads(line)))
+            except (KeyError, TypeError, ValueError) as error:  # ValueError covers json.JSONDecodeError
                 raise ValueError(f"{path}, line {line_number}: not an HH-RLHF row ({error!r})") from error
-            rows.append(prompt_row)
     return rows
+
+
+def _hh_explicit_row(record: Any) -> dict[str, str]:
+    """One hub record {"chosen", "rejected"} as an explicit-prompt row (see `load_hh_rlhf_jsonl`)."""
+    if not isinstance(record, dict):
+        raise TypeError(f"expected a JSON object with 'chosen' and 'rejected', got {type(record).__name__}")
+    chosen, rejected = record["chosen"], record["rejected"]
+    if not (isinstance(chosen, str) and isinstance(rejected, str)):
+        raise TypeError(f"'chosen' and 'rejected' must be strings, got {type(chosen).__name__} and "
+                        f"{type(rejected).__name__}")
+    if chosen != rejected:
+        return to_explicit_prompt({"chosen": chosen, "rejected": rejected}, boundary=HH_ASSISTANT_PROMPT)
+    # Identical transcripts share everything, so the prompt ends at the last assistant tag of the whole
+    # text; the row is kept for the validator, which reports it ("no preference").
+    cut = chosen.rfind(HH_ASSISTANT_PROMPT)
+    if cut < 0:
+        raise ValueError(f"no {HH_ASSISTANT_PROMPT!r} in the (identical) transcripts")
+    cut += len(HH_ASSISTANT_PROMPT)
+    return {"prompt": chosen[:cut], "chosen": chosen[cut:], "rejected": rejected[cut:]}
 
 
 def clean_html_breaks(text: str) -> str:
@@ -421,37 +463,73 @@ def clean_html_breaks(text: str) -> str:
     return re.sub(r"\s*(?:<br\s*/?>\s*)+", " ", text, flags=re.IGNORECASE)
 
 
-def _read_records(path: Path) -> list[dict[str, Any]]:
-    """Rows of a CSV, JSONL or Parquet file as dicts (CSV values stay strings)."""
+def _decode(path: Path) -> str:
+    """The file as text: UTF-8, a leading byte-order mark dropped (Excel writes one into its CSV exports)."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise ValueError(f"{path}, line {line}: not UTF-8 text (byte {data[err.start]:#04x}); "
+                         "save the file as UTF-8") from err
+
+
+def _read_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """The rows of a CSV, JSONL or Parquet file as (where, record) pairs; CSV values stay strings.
+
+    `where` names the row for error messages, counting from 1: "line N" in a text file (as an editor
+    numbers lines: a CSV's header is line 1, a review with quoted line breaks is named by its first
+    line), "row N" in a Parquet file.
+    """
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            return list(csv.DictReader(f))
+        reader = csv.reader(io.StringIO(_decode(path), newline=""))
+        header = next(reader, None)
+        if header is None:
+            return []
+        records, start = [], reader.line_num + 1
+        for fields in reader:
+            where, start = f"line {start}", reader.line_num + 1
+            if not fields:  # a blank line
+                continue
+            if len(fields) != len(header):
+                raise ValueError(f"{path}, {where}: {len(fields)} field(s), but the header (line 1) names "
+                                 f"{len(header)}: {header}")
+            records.append((where, dict(zip(header, fields))))
+        return records
     if suffix in (".jsonl", ".json"):
-        with open(path, encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
+        records = []
+        # split("\n"), not splitlines(): JSON strings may hold U+2028 and other characters splitlines breaks at
+        for line_number, line in enumerate(_decode(path).split("\n"), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}, line {line_number}: not valid JSON ({err.msg}, column {err.colno})") from err
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}, line {line_number}: expected a JSON object, got {type(record).__name__}")
+            records.append((f"line {line_number}", record))
+        return records
     if suffix == ".parquet":
         import pyarrow.parquet as pq  # installed with `datasets`; imported here so CSV users do not need it
 
-        return pq.read_table(path).to_pylist()
+        return [(f"row {i}", record) for i, record in enumerate(pq.read_table(path).to_pylist(), start=1)]
     raise ValueError(f"{path}: unsupported file type {suffix!r}; expected .csv, .jsonl/.json or .parquet")
 
 
-def _imdb_label(record: Mapping[str, Any], index: int, path: Path) -> int:
+def _imdb_label(record: Mapping[str, Any], where: str) -> int:
     if "label" in record:  # hub schema: 0 = negative, 1 = positive (-1 marks the unlabelled 'unsupervised' split)
         raw = record["label"]
         label = int(raw) if isinstance(raw, (int, str)) and str(raw).strip().lstrip("-").isdigit() else None
         if label not in (0, 1):
             raise ValueError(
-                f"{path}, row {index}, column 'label': expected 0 or 1, got {raw!r} "
-                "(the hub's 'unsupervised' split has no labels)"
+                f"{where}, column 'label': expected 0 or 1, got {raw!r} (the hub's 'unsupervised' split has no labels)"
             )
         return label
     sentiment = str(record["sentiment"]).strip().lower()  # CSV copy schema: 'positive' / 'negative'
     if sentiment not in IMDB_LABELS:
-        raise ValueError(
-            f"{path}, row {index}, column 'sentiment': expected 'positive' or 'negative', got {record['sentiment']!r}"
-        )
+        raise ValueError(f"{where}, column 'sentiment': expected 'positive' or 'negative', got {record['sentiment']!r}")
     return IMDB_LABELS[sentiment]
 
 
@@ -461,17 +539,23 @@ def load_imdb(path: str | Path, clean_html: bool = True) -> list[dict[str, Any]]
     Accepts both schemas in circulation:
     - the hub's `stanfordnlp/imdb`: columns `text`, `label` (0/1), as JSONL, Parquet or CSV;
     - the common CSV copy: columns `review`, `sentiment` ('positive'/'negative').
+    Files are read as UTF-8; a CSV saved by Excel (which starts with a byte-order mark) reads the same.
     `clean_html` replaces the `<br />` tags that the reviews keep from the original web pages by a space.
+
+    Every error names the file and the row, counting from 1: "line N" in a CSV or JSONL file (as an
+    editor numbers lines; a CSV's header is line 1), "row N" in a Parquet file. Rejected: a line that is
+    not JSON, a missing field or column, a review text that is not a string or is empty (whitespace or
+    HTML breaks only), a label other than 0/1 or 'positive'/'negative'.
     """
     path = Path(path)
     records = _read_records(path)
     if not records:
         raise ValueError(f"{path}: no rows")
-    columns = set(records[0])
+    columns = set(records[0][1])
     if {"text", "label"} <= columns:
-        text_column = "text"
+        text_column, label_column = "text", "label"
     elif {"review", "sentiment"} <= columns:
-        text_column = "review"
+        text_column, label_column = "review", "sentiment"
     else:
         raise ValueError(
             f"{path}: columns {sorted(columns)} match neither IMDB schema: "
@@ -479,11 +563,18 @@ def load_imdb(path: str | Path, clean_html: bool = True) -> list[dict[str, Any]]
         )
 
     rows = []
-    for i, record in enumerate(records):
+    for where, record in records:
+        where = f"{path}, {where}"
+        for column in (text_column, label_column):
+            if column not in record:
+                raise ValueError(f"{where}: missing field {column!r} (the first row has {sorted(columns)})")
         text = record[text_column]
         if not isinstance(text, str):
-            raise ValueError(f"{path}, row {i}, column {text_column!r}: expected a string, got {type(text).__name__}")
-        rows.append({"text": clean_html_breaks(text) if clean_html else text, "label": _imdb_label(record, i, path)})
+            raise ValueError(f"{where}, column {text_column!r}: expected a string, got {type(text).__name__}")
+        text = clean_html_breaks(text) if clean_html else text
+        if not clean_html_breaks(text).strip():
+            raise ValueError(f"{where}, column {text_column!r}: empty review text (got {record[text_column]!r:.40})")
+        rows.append({"text": text, "label": _imdb_label(record, where)})
     return rows
 
 
