@@ -8,6 +8,7 @@ beyond what each test states.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from utils.language_model import LMConfig, build_model
 from utils.tokenizer import train_bpe
 
 TINY_LM = LMConfig(n_layer=2, n_head=2, n_embd=32, n_positions=128)  # tiny: for speed, not quality
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"  # real slices, next to the repo
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +213,7 @@ def test_our_loop_matches_trl_reward_trainer(tokenizer, preference_rows, tmp_pat
                                           optimizers=(optimizer, scheduler))
     recorder = FirstGradients()
     trainer.add_callback(recorder)
-    # TRL tokenized prompt + chosen + EOS exactly as we did
+    # The trainer trains on our encoding (the same as TRL's own: test_trl_preprocessing_gives_our_encoding)
     assert trainer.train_dataset[0]["chosen_ids"] == pairs[0][0]
     assert trainer.train_dataset[0]["rejected_ids"] == pairs[0][1]
     trainer.train()
@@ -318,3 +320,158 @@ def test_config_validation():
         rm.RewardModelConfig(steps=0)
     with pytest.raises(ValueError, match="divisible"):
         rm.RewardModelConfig(encoder_n_embd=30, encoder_n_head=4)
+
+
+
+# ------------------------------------------------------------------------------------------------
+# Sequences longer than the model: cut to BOS + the end, and reported
+# ------------------------------------------------------------------------------------------------
+def test_trl_preprocessing_gives_our_encoding(tokenizer, preference_rows, tmp_path):
+    """TRL's own RewardTrainer, given the text rows, tokenizes them as encode_pairs does."""
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    args = RewardConfig(output_dir=str(tmp_path), max_length=None, report_to=[], use_cpu=True, bf16=False,
+                        activation_checkpointing=False)
+    trainer = RewardTrainer(model=tiny_gpt_rm(tokenizer), args=args, processing_class=tokenizer,
+                            train_dataset=Dataset.from_list(preference_rows[:8]))
+    ours = rm.encode_pairs(preference_rows[:8], tokenizer)
+    assert [(r["chosen_ids"], r["rejected_ids"]) for r in trainer.train_dataset] == ours
+
+
+def test_truncate_pairs_keeps_the_first_token_and_the_end():
+    pairs = [([0, 1, 2, 3, 4, 5, 6], [0, 9]), ([0, 7, 8], [0, 1, 2, 3, 4])]
+    cut, n_cut = rm.truncate_pairs(pairs, 4)
+    assert cut == [([0, 4, 5, 6], [0, 9]), ([0, 7, 8], [0, 2, 3, 4])] and n_cut == 2
+    assert rm.truncate_pairs(pairs, 7) == (pairs, 0)  # at the limit: nothing to cut
+    assert rm.truncate_pairs(pairs, 6) == ([([0, 2, 3, 4, 5, 6], [0, 9]), pairs[1]], 1)
+    for bad in (1, 0, 2.5, True, None):
+        with pytest.raises(ValueError, match="max_length must be an int >= 2"):
+            rm.truncate_pairs(pairs, bad)
+
+
+def long_rows(rows, repeat: int = 30):
+    """Review-world rows behind a long preamble (30 x 6 tokens): they overflow TINY_LM's 128 positions."""
+    return [{**r, "prompt": "the plot was great. " * repeat + r["prompt"]} for r in rows]
+
+
+def _cut_counts(records) -> list[tuple[int, int]]:
+    """(cut, total) of each truncation warning in caplog's records."""
+    import re
+
+    found = [re.search(r"(\d+) of (\d+) pairs", r.getMessage()) for r in records if r.levelname == "WARNING"]
+    return [(int(m.group(1)), int(m.group(2))) for m in found if m]
+
+
+def test_training_and_evaluation_cut_long_pairs_and_report_it(tokenizer, preference_rows, caplog):
+    rows = long_rows(preference_rows[:16]) + preference_rows[16:24]
+    pairs = rm.encode_pairs(rows, tokenizer)
+    n_long = sum(max(len(c), len(r)) > TINY_LM.n_positions for c, r in pairs)
+    assert n_long == 16  # these pairs would end in "IndexError: index out of range in self" uncut
+
+    model = tiny_gpt_rm(tokenizer)
+    config = rm.RewardModelConfig(steps=3, batch_size=8, warmup_steps=1, eval_every=3, eval_pairs=24)
+    with caplog.at_level("WARNING", logger="utils.reward_model"):
+        log = rm.train_reward_model(model, pairs, pairs, tokenizer.pad_token_id, config)
+    assert _cut_counts(caplog.records) == [(16, 24), (16, 24)]  # training pairs, held-out pairs
+    assert all(math.isfinite(loss) for loss in log[-1]["step_losses"])
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="utils.reward_model"):
+        metrics = rm.evaluate_pairs(model, pairs, tokenizer.pad_token_id)
+    assert _cut_counts(caplog.records) == [(16, 24)]
+    # The score of a cut pair is the score of BOS + its last n_positions - 1 tokens.
+    limit = TINY_LM.n_positions
+    by_hand = [([c[0], *c[-(limit - 1):]] if len(c) > limit else c, [r[0], *r[-(limit - 1):]] if len(r) > limit else r)
+               for c, r in pairs]
+    assert metrics == rm.evaluate_pairs(model, by_hand, tokenizer.pad_token_id)
+    assert metrics == rm.evaluate_pairs(model, rm.encode_pairs(rows, tokenizer, max_length=limit), tokenizer.pad_token_id)
+    # Short data is untouched and nothing is reported.
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="utils.reward_model"):
+        rm.evaluate_pairs(model, rm.encode_pairs(preference_rows, tokenizer), tokenizer.pad_token_id)
+    assert _cut_counts(caplog.records) == []
+
+
+def test_encoder_reward_model_is_cut_to_its_positions(tokenizer, preference_rows):
+    config = rm.RewardModelConfig(encoder_n_layer=1, encoder_n_embd=16, encoder_n_head=2)
+    encoder = rm.build_encoder_reward_model(config, tokenizer, max_positions=64)
+    pairs = rm.encode_pairs(long_rows(preference_rows[:8], repeat=12), tokenizer)
+    assert max(len(c) for c, _ in pairs) > 64 and rm.model_positions(encoder) == 64
+    assert 0 <= rm.evaluate_pairs(encoder, pairs, tokenizer.pad_token_id)["accuracy"] <= 1
+
+
+def test_trl_wrapper_trains_on_the_same_cut_pairs(tokenizer, preference_rows, tmp_path):
+    rows = long_rows(preference_rows[:16])
+    config = rm.RewardModelConfig(steps=2, batch_size=8, warmup_steps=0, shuffle=False)
+    trainer = rm.build_trl_reward_trainer(tiny_gpt_rm(tokenizer), tokenizer, rows, config, tmp_path)
+    expected, n_cut = rm.truncate_pairs(rm.encode_pairs(rows, tokenizer), TINY_LM.n_positions)
+    assert n_cut == 16 and len(trainer.train_dataset) == 16  # cut, not dropped as TRL's max_length would
+    assert [(r["chosen_ids"], r["rejected_ids"]) for r in trainer.train_dataset] == expected
+    trainer.train()
+    assert len(rm.trl_step_losses(trainer)) == 2
+
+
+class SumOfIdsModel(torch.nn.Module):
+    """A stand-in reward model whose reward is known by hand: 0.1 x the sum of the unpadded token ids."""
+
+    def __init__(self, positions: int):
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.config = SimpleNamespace(n_positions=positions)
+
+    def forward(self, input_ids, attention_mask):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=0.1 * (input_ids * attention_mask).sum(1, keepdim=True).double())
+
+
+def test_evaluate_preferences_on_hand_computed_rewards(tokenizer, preference_rows, caplog):
+    rows = preference_rows[:10] + long_rows(preference_rows[10:12])
+    model = SumOfIdsModel(positions=128)
+    with caplog.at_level("WARNING", logger="utils.reward_model"):
+        metrics, details = rm.evaluate_preferences(model, tokenizer, rows, n_bins=5)
+    pairs, n_cut = rm.truncate_pairs(rm.encode_pairs(rows, tokenizer), 128)
+    margins = np.array([0.1 * (sum(c) - sum(r)) for c, r in pairs])
+    assert n_cut == 2 and metrics["truncated_pairs"] == 2 and metrics["pairs"] == 12
+    assert _cut_counts(caplog.records) == [(2, 12)]
+    assert metrics["accuracy"] == pytest.approx(np.mean(margins > 0))
+    assert metrics["mean_margin"] == pytest.approx(margins.mean())
+    assert metrics["loss"] == pytest.approx(np.mean(np.log1p(np.exp(-margins))))
+    probs = 1 / (1 + np.exp(-margins))
+    assert metrics["ece"] == pytest.approx(rm.calibration(probs, 5)["ece"])
+    assert details["margins"] == pytest.approx(margins.tolist())
+    assert 0 < metrics["accuracy"] < 1  # the hand-made rewards get some pairs right and some wrong
+    with pytest.raises(ValueError, match="at least one row"):
+        rm.evaluate_preferences(model, tokenizer, [])
+
+
+# ------------------------------------------------------------------------------------------------
+# Real preference data (HH-RLHF slice in ../shared/data): no crash, the cut reported
+# ------------------------------------------------------------------------------------------------
+def test_tiny_reward_model_trains_on_real_hh_rows(tokenizer, caplog, tmp_path):
+    from utils.preference_data import load_hh_rlhf_jsonl
+
+    path = SHARED_DATA / "hh_rlhf_harmless_base_test_first1000.jsonl"
+    if not path.is_file():
+        pytest.skip(f"real-data slice {path.name} not found in {SHARED_DATA} (only present next to the course repo)")
+    rows = load_hh_rlhf_jsonl(path)[:32]
+    pairs = rm.encode_pairs(rows, tokenizer)
+    n_long = sum(max(len(c), len(r)) > TINY_LM.n_positions for c, r in pairs)
+    assert 0 < n_long < len(rows)  # real dialogues: many longer than the model, some not
+
+    model = tiny_gpt_rm(tokenizer)
+    config = rm.RewardModelConfig(steps=3, batch_size=8, warmup_steps=1, eval_every=3, eval_pairs=32)
+    with caplog.at_level("WARNING", logger="utils.reward_model"):
+        log = rm.train_reward_model(model, pairs, pairs, tokenizer.pad_token_id, config)
+        metrics, _ = rm.evaluate_preferences(model, tokenizer, rows)
+    assert (n_long, len(rows)) in _cut_counts(caplog.records)
+    assert all(math.isfinite(loss) for loss in log[-1]["step_losses"]) and log[-1]["step"] == 3
+    assert metrics["truncated_pairs"] == n_long and metrics["pairs"] == len(rows)
+    assert 0 <= metrics["accuracy"] <= 1 and math.isfinite(metrics["mean_margin"])
+
+    trainer = rm.build_trl_reward_trainer(tiny_gpt_rm(tokenizer), tokenizer, rows,
+                                          rm.RewardModelConfig(steps=2, batch_size=8, warmup_steps=0), tmp_path)
+    trainer.train()
+    assert len(trainer.train_dataset) == len(rows) and len(rm.trl_step_losses(trainer)) == 2

@@ -26,10 +26,18 @@ chosen half and the rejected half of a batch into one right-padded forward pass.
 
 Evaluation: held-out pairwise accuracy against the Bayes-optimal accuracy of the simulated annotators,
 Spearman correlation with the gold reward, calibration (reliability diagram, ECE), and a length-bias
-diagnostic (the annotators prefer longer answers: does the RM learn that?).
+diagnostic (the annotators prefer longer answers: does the RM learn that?). Real preference data (HH-RLHF)
+has no gold reward: :func:`evaluate_preferences` reports accuracy, margin and calibration alone.
+
+Long texts: a model reads at most its ``n_positions`` tokens, and real dialogues are longer (in the course
+tokenizer, 65% of the HH-RLHF texts and 72% of its pairs exceed the course RM's 256). Training and evaluation cut such sequences to their first token
+(BOS) and their END, where the GPT head reads the score, and log how many pairs they cut
+(:func:`truncate_pairs`). TRL 1.16's ``RewardTrainer`` instead drops every pair longer than its
+``max_length``; our TRL wrapper hands it the same cut sequences as our loop.
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -48,6 +56,8 @@ from utils.seed import set_seed
 
 if TYPE_CHECKING:
     from trl import RewardTrainer
+
+logger = logging.getLogger(__name__)
 
 HEADS = ("gpt", "cls")  # GPT-style last-token head, BERT-style CLS head
 INITS = ("sft", "base")  # what the GPT-style reward model starts from
@@ -171,11 +181,58 @@ def encode_texts(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase) -> li
     return tokenizer([with_eos(t, tokenizer) for t in texts])["input_ids"]
 
 
-def encode_pairs(rows: Sequence[dict], tokenizer: PreTrainedTokenizerBase) -> list[tuple[list[int], list[int]]]:
-    """TRL preference rows (explicit prompt) -> (chosen_ids, rejected_ids): prompt + completion, + EOS."""
+def encode_pairs(rows: Sequence[dict], tokenizer: PreTrainedTokenizerBase,
+                 max_length: int | None = None) -> list[tuple[list[int], list[int]]]:
+    """TRL preference rows (explicit prompt) -> (chosen_ids, rejected_ids): prompt + completion, + EOS.
+
+    ``max_length`` (e.g. ``model_positions(model)``) cuts longer sequences as :func:`truncate_pairs` does
+    and logs how many pairs it cut; None keeps every token (training and evaluation cut to the model's
+    positions themselves).
+    """
     chosen = encode_texts([r["prompt"] + r["chosen"] for r in rows], tokenizer)
     rejected = encode_texts([r["prompt"] + r["rejected"] for r in rows], tokenizer)
-    return list(zip(chosen, rejected))
+    pairs = list(zip(chosen, rejected))
+    return _truncate_and_report(pairs, max_length, "encode_pairs")[0]
+
+
+def model_positions(model: nn.Module) -> int | None:
+    """How many tokens ``model`` can read (GPT-2: ``n_positions``; BERT: ``max_position_embeddings``), or None."""
+    config = getattr(model, "config", None)
+    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+
+
+def truncate_pairs(pairs: Sequence[tuple[list[int], list[int]]],
+                   max_length: int) -> tuple[list[tuple[list[int], list[int]]], int]:
+    """Cut every sequence longer than ``max_length``; returns (pairs, number of pairs with a cut side).
+
+    A cut sequence keeps its first token and its last ``max_length - 1``. The end holds the EOS where the
+    GPT head reads the score and the final reply that the two sides of a pair differ in; the first token
+    is the BOS every sequence starts with (the encoder head's CLS position, and the start the GPT was
+    trained with). TRL's ``RewardTrainer`` drops such pairs instead, and position embeddings beyond
+    ``n_positions`` do not exist: an uncut pair ends in ``IndexError: index out of range in self``.
+    """
+    if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 2:
+        raise ValueError(f"max_length must be an int >= 2 (the first token and at least one more), got {max_length!r}")
+
+    def cut(ids: list[int]) -> list[int]:
+        return ids if len(ids) <= max_length else [ids[0], *ids[len(ids) - max_length + 1:]]
+
+    out = [(cut(chosen), cut(rejected)) for chosen, rejected in pairs]
+    n_cut = sum(len(c) > max_length or len(r) > max_length for c, r in pairs)
+    return out, n_cut
+
+
+def _truncate_and_report(pairs: Sequence[tuple[list[int], list[int]]], max_length: int | None,
+                         where: str) -> tuple[list[tuple[list[int], list[int]]], int]:
+    """:func:`truncate_pairs`, with a warning that says how many pairs were cut (None: nothing to cut to)."""
+    if max_length is None:
+        return list(pairs), 0
+    out, n_cut = truncate_pairs(pairs, max_length)
+    if n_cut:
+        logger.warning("%s: %d of %d pairs have a side longer than %d tokens; cut to their first token and "
+                       "their last %d (the end, where the score is read)", where, n_cut, len(pairs), max_length,
+                       max_length - 1)
+    return out, n_cut
 
 
 def right_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -234,31 +291,49 @@ def batch_indices(n: int, batch_size: int, steps: int, shuffle: bool, seed: int)
 
 
 @torch.no_grad()
-def evaluate_pairs(model: nn.Module, pairs: Sequence[tuple[list[int], list[int]]], pad_id: int,
-                   batch_size: int = 128) -> dict[str, float]:
-    """Mean Bradley-Terry loss and accuracy (share of pairs with r_chosen > r_rejected)."""
+def reward_margins(model: nn.Module, pairs: Sequence[tuple[list[int], list[int]]], pad_id: int,
+                   batch_size: int = 128) -> torch.Tensor:
+    """r_chosen - r_rejected (len(pairs),) of encoded pairs that fit the model, without gradient."""
     was_training = model.training
     model.eval()
-    losses, correct = [], 0
+    margins = []
     for start in range(0, len(pairs), batch_size):
         r_chosen, r_rejected = pair_rewards(model, collate_pairs(pairs[start:start + batch_size], pad_id))
-        losses.append(bradley_terry_loss(r_chosen, r_rejected, reduction="none"))
-        correct += int((r_chosen > r_rejected).sum())
+        margins.append(r_chosen - r_rejected)
     model.train(was_training)
-    return {"loss": torch.cat(losses).mean().item(), "accuracy": correct / len(pairs)}
+    return torch.cat(margins)
+
+
+def evaluate_pairs(model: nn.Module, pairs: Sequence[tuple[list[int], list[int]]], pad_id: int,
+                   batch_size: int = 128, max_length: int | None = None) -> dict[str, float]:
+    """Mean Bradley-Terry loss and accuracy (share of pairs with r_chosen > r_rejected).
+
+    Sequences longer than ``max_length`` (default: the model's positions) are cut by :func:`truncate_pairs`,
+    with a warning that says how many.
+    """
+    pairs, _ = _truncate_and_report(pairs, max_length or model_positions(model), "evaluate_pairs")
+    margins = reward_margins(model, pairs, pad_id, batch_size)
+    loss = bradley_terry_loss(margins, torch.zeros_like(margins), reduction="none")
+    return {"loss": loss.mean().item(), "accuracy": int((margins > 0).sum()) / len(pairs)}
 
 
 def train_reward_model(model: nn.Module, train: Sequence[tuple[list[int], list[int]]],
                        val: Sequence[tuple[list[int], list[int]]], pad_id: int, config: RewardModelConfig,
                        lr: float | None = None, optimizer: torch.optim.Optimizer | None = None,
-                       callback: Callable[[int, dict], None] | None = None) -> list[dict]:
+                       callback: Callable[[int, dict], None] | None = None,
+                       max_length: int | None = None) -> list[dict]:
     """Train ``model`` in place on encoded pairs with the Bradley-Terry loss; returns the log.
 
     Every ``eval_every`` steps the log gets a record with the loss and accuracy on ``eval_pairs`` training
     pairs and as many held-out pairs: when the two curves part, the model starts to memorise. Each record
     also holds the loss of every step since the previous record (``step_losses``).
     ``callback(step, record)`` is called at each evaluation (e.g. to redraw a live plot).
+    Sequences longer than ``max_length`` (default: the model's positions) are cut by :func:`truncate_pairs`,
+    with a warning that says how many pairs of each split were cut.
     """
+    limit = max_length or model_positions(model)
+    train, _ = _truncate_and_report(train, limit, "train_reward_model, training pairs")
+    val, _ = _truncate_and_report(val, limit, "train_reward_model, held-out pairs")
     lr = lr or config.lr
     optimizer = optimizer or make_optimizer(model, lr, config.weight_decay, config.betas)
     train_probe, val_probe = train[:config.eval_pairs], val[:config.eval_pairs]
@@ -297,12 +372,15 @@ def train_reward_model(model: nn.Module, train: Sequence[tuple[list[int], list[i
 # ------------------------------------------------------------------------------------------------
 def build_trl_reward_trainer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: Sequence[dict],
                              config: RewardModelConfig, output_dir: str | Path,
-                             optimizers: tuple | None = None) -> RewardTrainer:
+                             optimizers: tuple | None = None, max_length: int | None = None) -> RewardTrainer:
     """TRL's ``RewardTrainer`` set up like our loop (same steps, schedule, clipping, batch size, seed).
 
     Pass ``optimizers=(optimizer, scheduler)`` to share an optimiser with our loop exactly (TRL's own
     default differs in details: eps, which parameters decay, linear-vs-cosine schedule, ...). With
     ``config.shuffle=False`` the batches come in row order, as in our loop with the same setting.
+    The trainer gets the rows encoded by :func:`encode_pairs` (the tokens TRL's own preprocessing makes:
+    prompt + completion + EOS), cut to ``max_length`` (default: the model's positions) as our loop cuts
+    them: TRL 1.16 would drop every longer pair instead (its ``max_length``), or crash without one.
     """
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
@@ -316,13 +394,13 @@ def build_trl_reward_trainer(model: PreTrainedModel, tokenizer: PreTrainedTokeni
     args = RewardConfig(
         output_dir=str(output_dir), max_steps=config.steps, max_grad_norm=config.grad_clip,
         learning_rate=config.lr, disable_dropout=True, center_rewards_coefficient=None,
-        max_length=None,  # TRL would silently DROP longer pairs; ours are all far below n_positions
+        max_length=None,  # TRL would DROP longer pairs; they are cut above, as in our loop
         train_sampling_strategy="random" if config.shuffle else "sequential",
         **offline_cpu_training_args(config.batch_size, config.seed),
     )
     args.logging_steps = 1  # every step's loss, to compare with our loop
-    dataset = Dataset.from_list([{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]}
-                                 for r in rows])
+    pairs = encode_pairs(rows, tokenizer, max_length or model_positions(model))
+    dataset = Dataset.from_list([{"chosen_ids": chosen, "rejected_ids": rejected} for chosen, rejected in pairs])
     with quiet_training():
         return silence_trainer(RewardTrainer(model=model, args=args, processing_class=tokenizer,
                                              train_dataset=dataset, optimizers=optimizers))
@@ -501,3 +579,32 @@ def evaluate_reward_model(model: nn.Module, tokenizer: PreTrainedTokenizerBase, 
                "texts": [{"text": t, "score": s, "gold": g, "words": w}
                          for t, s, g, w in zip(texts, scores, gold, words)]}
     return metrics, details
+
+
+def evaluate_preferences(model: nn.Module, tokenizer: PreTrainedTokenizerBase, rows: Sequence[dict],
+                         n_bins: int = 10, max_length: int | None = None,
+                         batch_size: int = 128) -> tuple[dict, dict]:
+    """Metrics of a reward model on labelled pairs with no gold reward (real data, e.g. HH-RLHF).
+
+    ``rows`` are explicit-prompt preference rows. Metrics: ``accuracy`` (share of pairs with r_chosen >
+    r_rejected; a tie counts as wrong), ``mean_margin`` (mean r_chosen - r_rejected, in raw reward units),
+    ``loss`` (mean Bradley-Terry loss), ``ece`` (calibration of sigmoid(margin) as P(chosen wins)),
+    ``pairs`` and ``truncated_pairs`` (pairs cut to ``max_length``, default the model's positions, as in
+    :func:`truncate_pairs`). Details: the reliability bins and every pair's margin, for plots.
+    :func:`evaluate_reward_model` adds what only the review world can tell (gold reward, Bayes accuracy).
+    """
+    if not rows:
+        raise ValueError("evaluate_preferences needs at least one row")
+    pairs, truncated = _truncate_and_report(encode_pairs(rows, tokenizer), max_length or model_positions(model),
+                                            "evaluate_preferences")
+    margins = reward_margins(model, pairs, tokenizer.pad_token_id, batch_size).double()
+    reliability = calibration(torch.sigmoid(margins).numpy(), n_bins)
+    metrics = {
+        "accuracy": float((margins > 0).double().mean()),
+        "mean_margin": float(margins.mean()),
+        "loss": float(bradley_terry_loss(margins, torch.zeros_like(margins))),
+        "ece": reliability["ece"],
+        "pairs": len(pairs),
+        "truncated_pairs": truncated,
+    }
+    return metrics, {"reliability": reliability["bins"], "margins": margins.tolist()}
