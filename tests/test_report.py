@@ -106,3 +106,17 @@ def test_check_mode_of_the_command_passes_on_the_committed_report():
         text=True,
     )
     assert completed.returncode == 0, completed.stderr
+
+
+def test_one_title_and_every_chapter_opens_at_the_second_heading_level():
+    # REPORT.md is one document: a single "# " title, and each chapter a "## " section, so that the chapters
+    # nest under the title in a rendered outline instead of posing as documents of their own.
+    first, *rest = report.chapter_paths()
+    assert first.read_text(encoding="utf-8").startswith("# ")
+    for path in rest:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        assert lines[0].startswith("## "), f"{path.name} opens with {lines[0]!r}, not a '## ' heading"
+        in_code = False
+        for number, line in enumerate(lines, 1):
+            in_code ^= line.startswith("```")
+            assert in_code or not line.startswith("# "), f"{path.name}, line {number}: a second title {line!r}"
