@@ -6,6 +6,8 @@ and the processed logits it samples from are exactly transformers' `output_score
 """
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -155,15 +157,17 @@ def test_process_logits_matches_transformers_chain(temperature, top_k, top_p):
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda: apply_temperature(torch.zeros(3), 0.0), "temperature must be > 0, got 0.0"),
-        (lambda: apply_temperature(torch.zeros(3), -1.0), "temperature must be > 0, got -1.0"),
+        (lambda: apply_temperature(torch.zeros(3), 0.0), "temperature must be a finite number > 0, got 0.0"),
+        (lambda: apply_temperature(torch.zeros(3), -1.0), "temperature must be a finite number > 0, got -1.0"),
+        (lambda: apply_temperature(torch.zeros(3), math.inf), "temperature must be a finite number > 0, got inf"),
         (lambda: top_k_filter(torch.zeros(3), -1), "top_k must be an int >= 0"),
         (lambda: top_k_filter(torch.zeros(3), 2.5), "top_k must be an int >= 0"),
-        (lambda: top_p_filter(torch.zeros(3), 0.0), r"top_p must be in \(0, 1\]"),
-        (lambda: top_p_filter(torch.zeros(3), 1.5), r"top_p must be in \(0, 1\]"),
-        (lambda: SamplingConfig(temperature=0), "temperature must be > 0, got 0"),
-        (lambda: SamplingConfig(top_k=-3), "top_k must be an int >= 0"),
-        (lambda: SamplingConfig(top_p=-0.1), r"top_p must be in \(0, 1\]"),
+        (lambda: top_p_filter(torch.zeros(3), 0.0), r"top_p must be a finite number in \(0, 1\]"),
+        (lambda: top_p_filter(torch.zeros(3), 1.5), r"top_p must be a finite number in \(0, 1\]"),
+        (lambda: SamplingConfig(temperature=0), "SamplingConfig.temperature must be a finite number > 0, got 0"),
+        (lambda: SamplingConfig(temperature=math.inf), "SamplingConfig.temperature must be a finite number > 0"),
+        (lambda: SamplingConfig(top_k=-3), "SamplingConfig.top_k must be an int >= 0"),
+        (lambda: SamplingConfig(top_p=-0.1), r"SamplingConfig.top_p must be a finite number in \(0, 1\]"),
         (lambda: SamplingConfig(max_new_tokens=0), "max_new_tokens must be an int >= 1"),
         (lambda: SamplingConfig(do_sample="yes"), "do_sample must be a bool"),
         (lambda: SamplingConfig(eos_token_id=-1), "eos_token_id must be None or an int >= 0"),

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utils.config_checks import check, check_bool, check_int, check_number
 from utils.positional import RotaryEmbedding
 
 
@@ -93,21 +94,31 @@ def combine_masks(*masks: torch.Tensor | None) -> torch.Tensor | None:
 
 @dataclass
 class AttentionConfig:
-    d_model: int = 128  # width of the token vectors coming in and going out
-    n_heads: int = 4  # heads run in parallel on d_model / n_heads dims each
-    dropout: float = 0.0  # dropout on the attention weights (training only)
-    bias: bool = True  # bias terms in the q/k/v/output projections (GPT-2 and BERT have them)
-    causal: bool = False  # self-attention sees only the past (decoders); added to any mask passed in
-    rotary: bool = False  # rotate q and k by position (RoPE) instead of adding position vectors
-    rotary_base: float = 10000.0  # RoPE frequency base; larger = slower rotations, longer contexts
+    """Shape and options of a multi-head attention layer. Validated on construction (ValueError on bad values)."""
+
+    d_model: int = 128
+    """width of the token vectors coming in and going out"""
+    n_heads: int = 4
+    """heads run in parallel on d_model / n_heads dims each"""
+    dropout: float = 0.0
+    """dropout on the attention weights (training only)"""
+    bias: bool = True
+    """bias terms in the q/k/v/output projections (GPT-2 and BERT have them)"""
+    causal: bool = False
+    """self-attention sees only the past (decoders); added to any mask passed in"""
+    rotary: bool = False
+    """rotate q and k by position (RoPE) instead of adding position vectors"""
+    rotary_base: float = 10000.0
+    """RoPE frequency base; larger = slower rotations, longer contexts"""
 
     def __post_init__(self) -> None:
-        if self.d_model <= 0 or self.n_heads <= 0:
-            raise ValueError(f"d_model and n_heads must be positive, got {self.d_model}, {self.n_heads}")
-        if self.d_model % self.n_heads != 0:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name in ("d_model", "n_heads"):
+            check_int(self, name, ge=1)
+        check(self, "d_model", self.d_model % self.n_heads == 0, f"divisible by n_heads ({self.n_heads})")
+        check_number(self, "dropout", ge=0, lt=1)
+        for name in ("bias", "causal", "rotary"):
+            check_bool(self, name)
+        check_number(self, "rotary_base", gt=0)
 
     @property
     def head_dim(self) -> int:

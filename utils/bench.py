@@ -29,29 +29,54 @@ from dataclasses import dataclass
 
 import torch
 
+from utils.config_checks import check, check_bool, check_choice, check_int
 from utils.policy_model import use_fused_gelu
-from utils.ppo import PPOConfig, PPOTrainer, reward_model_fn
+from utils.ppo import VALUE_MODELS, PPOConfig, PPOTrainer, reward_model_fn
 from utils.seed import set_seed
 
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """What is benchmarked (the defaults are the reference configuration)."""
+    """What is benchmarked (the defaults are the reference configuration). Validated on construction."""
 
-    n_layer: int = 4  # transformer blocks of every model
-    n_head: int = 4  # attention heads
-    n_embd: int = 128  # width
-    vocab_size: int = 4096  # vocabulary (random token ids; 0 = BOS/EOS, 1 = PAD)
-    prompt_length: int = 8  # tokens per prompt, BOS included
-    response_length: int = 32  # tokens sampled per response
-    batch_size: int = 16  # episodes per PPO update
-    ppo_epochs: int = 4  # passes over each batch
-    num_minibatches: int = 1  # optimiser steps per pass
-    episodes: int = 512  # episodes in the timed run
-    threads: int = 2  # torch intra-op threads
-    value_model: str = "model"  # "model": separate value network (TRL's layout) or "head" on the policy
-    use_lora: bool = False  # train the policy as a LoRA adapter (reference = adapter disabled)
+    n_layer: int = 4
+    """transformer blocks of every model"""
+    n_head: int = 4
+    """attention heads"""
+    n_embd: int = 128
+    """width"""
+    vocab_size: int = 4096
+    """vocabulary (random token ids; 0 = BOS/EOS, 1 = PAD, so at least 3)"""
+    prompt_length: int = 8
+    """tokens per prompt, BOS included"""
+    response_length: int = 32
+    """tokens sampled per response"""
+    batch_size: int = 16
+    """episodes per PPO update"""
+    ppo_epochs: int = 4
+    """passes over each batch"""
+    num_minibatches: int = 1
+    """optimiser steps per pass"""
+    episodes: int = 512
+    """episodes in the timed run"""
+    threads: int = 2
+    """torch intra-op threads"""
+    value_model: str = "model"
+    """"model": separate value network (TRL's layout) or "head" on the policy"""
+    use_lora: bool = False
+    """train the policy as a LoRA adapter (reference = adapter disabled)"""
     seed: int = 0
+    """seeds the random weights, prompts and the PPO run"""
+
+    def __post_init__(self) -> None:
+        for name in ("n_layer", "n_head", "n_embd", "prompt_length", "response_length", "batch_size", "ppo_epochs",
+                     "num_minibatches", "episodes", "threads"):
+            check_int(self, name, ge=1)
+        check_int(self, "vocab_size", ge=3)
+        check_int(self, "seed", ge=0)
+        check(self, "n_embd", self.n_embd % self.n_head == 0, f"divisible by n_head ({self.n_head})")
+        check_choice(self, "value_model", VALUE_MODELS)
+        check_bool(self, "use_lora")
 
 
 def build_models(config: BenchConfig):
@@ -224,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(value, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
         elif name == "value_model":
-            parser.add_argument(flag, choices=("head", "model"), default=value)
+            parser.add_argument(flag, choices=VALUE_MODELS, default=value)
         else:
             parser.add_argument(flag, type=type(value), default=value)
     parser.add_argument("--json", default=None, help="also write the result to this JSON file")

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from utils.config_checks import check, check_bool, check_choice, check_int, check_number
 from utils.ppo_losses import (
     clipped_policy_loss,
     clipped_value_loss,
@@ -190,15 +191,13 @@ class REINFORCEConfig:
     """Intra-op threads while training: tiny networks are fastest on one."""
 
     def __post_init__(self) -> None:
-        if self.baseline not in BASELINES:
-            raise ValueError(f"baseline must be one of {BASELINES}, got {self.baseline!r}")
         for name in ("iterations", "episodes_per_iteration", "hidden_size", "torch_threads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        if not 0.0 <= self.gamma <= 1.0:
-            raise ValueError(f"gamma must be in [0, 1], got {self.gamma!r}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+            check_int(self, name, ge=1)
+        check_int(self, "seed", ge=0)
+        check_number(self, "learning_rate", gt=0)
+        check_number(self, "gamma", ge=0, le=1)
+        check_choice(self, "baseline", BASELINES)
+        check_number(self, "value_coef", ge=0)
 
 
 @dataclass
@@ -430,28 +429,22 @@ class PPOConfig:
     def __post_init__(self) -> None:
         for name in ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs",
                      "hidden_size", "torch_threads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        if self.batch_size % self.num_minibatches:
-            raise ValueError(
-                f"num_minibatches ({self.num_minibatches}) must divide the batch size "
-                f"num_envs * num_steps = {self.batch_size}"
-            )
-        if self.total_timesteps < self.batch_size:
-            raise ValueError(f"total_timesteps ({self.total_timesteps}) is smaller than one batch ({self.batch_size})")
+            check_int(self, name, ge=1)
+        check_int(self, "seed", ge=0)
+        check(self, "num_minibatches", self.batch_size % self.num_minibatches == 0,
+              f"a divisor of the batch size num_envs * num_steps = {self.batch_size}")
+        check(self, "total_timesteps", self.total_timesteps >= self.batch_size,
+              f">= one batch (num_envs * num_steps = {self.batch_size})")
         for name in ("gamma", "gae_lambda"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
-        if not 0.0 < self.clip_coef < 1.0:
-            raise ValueError(f"clip_coef must be in (0, 1), got {self.clip_coef!r}")
+            check_number(self, name, ge=0, le=1)
+        check_number(self, "clip_coef", gt=0, lt=1)
         for name in ("learning_rate", "max_grad_norm"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+            check_number(self, name, gt=0)
         for name in ("ent_coef", "vf_coef"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if self.target_kl is not None and self.target_kl <= 0:
-            raise ValueError(f"target_kl must be > 0 or None, got {self.target_kl!r}")
+            check_number(self, name, ge=0)
+        check_number(self, "target_kl", gt=0, none_ok=True)
+        for name in ("anneal_lr", "norm_adv", "clip_vloss"):
+            check_bool(self, name)
 
 
 def train_ppo(config: PPOConfig, progress: Callable[[dict], None] | None = None) -> tuple[ActorCritic, list[dict]]:

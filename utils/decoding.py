@@ -23,24 +23,28 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from utils.config_checks import check_bool, check_int, check_number, is_int, is_number
+
 # ---------------------------------------------------------------------------------------------------------
-# Validation, shared by the transforms and the config so that both say the same thing about bad values.
+# Validation of the transforms' arguments, worded as utils.config_checks words SamplingConfig's fields, so that
+# a bad value reads the same whether it reached a transform directly or through the config.
 # ---------------------------------------------------------------------------------------------------------
 
 
 def _check_temperature(temperature: float) -> None:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r} (for greedy decoding use do_sample=False)")
+    if not (is_number(temperature) and temperature > 0):  # an infinite temperature would sample uniformly
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r} "
+                         "(for greedy decoding use do_sample=False)")
 
 
 def _check_top_k(top_k: int) -> None:
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-        raise ValueError(f"top_k must be an int >= 0 (0 disables top-k), got {top_k!r}")
+    if not (is_int(top_k) and top_k >= 0):
+        raise ValueError(f"top_k must be an int >= 0, got {top_k!r} (0 disables top-k)")
 
 
 def _check_top_p(top_p: float) -> None:
-    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1] (1 disables top-p), got {top_p!r}")
+    if not (is_number(top_p) and 0 < top_p <= 1):
+        raise ValueError(f"top_p must be a finite number in (0, 1], got {top_p!r} (1 disables top-p)")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -111,28 +115,31 @@ def process_logits(
 
 @dataclass
 class SamplingConfig:
-    """How `generate` picks tokens and when it stops. Validated on construction."""
+    """How `generate` picks tokens and when it stops. Validated on construction (ValueError on bad values)."""
 
-    max_new_tokens: int = 32  # most tokens to append per row; generation stops earlier once every row hit EOS
-    do_sample: bool = True  # True: draw from the processed distribution; False: greedy argmax of the raw logits
-    temperature: float = 1.0  # > 0; divides the logits before sampling (ignored when greedy, as in transformers)
-    top_k: int = 0  # keep only the k most likely tokens when sampling; 0 disables
-    top_p: float = 1.0  # nucleus mass in (0, 1] kept when sampling; 1 disables
-    eos_token_id: int | None = None  # a row is finished once it emits this token; None: always run max_new_tokens
-    pad_token_id: int | None = None  # written after a row's EOS; None falls back to eos_token_id (GPT-2 convention)
+    max_new_tokens: int = 32
+    """most tokens to append per row; generation stops earlier once every row hit EOS"""
+    do_sample: bool = True
+    """True: draw from the processed distribution; False: greedy argmax of the raw logits"""
+    temperature: float = 1.0
+    """divides the logits before sampling; finite and > 0 (ignored when greedy, as in transformers)"""
+    top_k: int = 0
+    """keep only the k most likely tokens when sampling; 0 disables"""
+    top_p: float = 1.0
+    """nucleus mass in (0, 1] kept when sampling; 1 disables"""
+    eos_token_id: int | None = None
+    """a row is finished once it emits this token; None: always run max_new_tokens"""
+    pad_token_id: int | None = None
+    """written after a row's EOS; None falls back to eos_token_id (GPT-2 convention)"""
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be an int >= 1, got {self.max_new_tokens!r}")
-        if not isinstance(self.do_sample, bool):
-            raise ValueError(f"do_sample must be a bool, got {self.do_sample!r}")
-        _check_temperature(self.temperature)
-        _check_top_k(self.top_k)
-        _check_top_p(self.top_p)
+        check_int(self, "max_new_tokens", ge=1)
+        check_bool(self, "do_sample")
+        check_number(self, "temperature", gt=0)
+        check_int(self, "top_k", ge=0)
+        check_number(self, "top_p", gt=0, le=1)
         for name in ("eos_token_id", "pad_token_id"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                raise ValueError(f"{name} must be None or an int >= 0, got {value!r}")
+            check_int(self, name, ge=0, none_ok=True)
         if self.pad_token_id is None:
             self.pad_token_id = self.eos_token_id
 

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from utils import review_world as rw
+from utils.config_checks import check, check_instance, check_int, check_number, check_numbers
 from utils.decoding import SamplingConfig, generate_with_logprobs, left_pad
 from utils.policy_model import response_logits
 from utils.ppo import PPOConfig, PPOTrainer, RewardFn, decode_episodes, text_reward_fn
@@ -74,17 +75,12 @@ class SweepConfig:
     576 episodes, -2.0 (nothing grammatical) from ~1,600 on, KL 189 nats; 1,024-episode runs stop before it)"""
 
     def __post_init__(self) -> None:
-        if not self.betas or any(not (isinstance(b, (int, float)) and math.isfinite(b) and b >= 0) for b in self.betas):
-            raise ValueError(f"SweepConfig.betas must be a non-empty tuple of numbers >= 0, got {self.betas!r}")
-        if list(self.betas) != sorted(set(self.betas)):
-            raise ValueError(f"SweepConfig.betas must be strictly increasing, got {self.betas!r}")
+        check_numbers(self, "betas", ge=0)
+        check(self, "betas", list(self.betas) == sorted(set(self.betas)), "strictly increasing")
         for name in ("total_episodes", "evaluations", "eval_prompts", "samples_kept"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"SweepConfig.{name} must be an int >= 1, got {getattr(self, name)!r}")
-        if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
-            raise ValueError(f"SweepConfig.batch_size must be None or an int >= 1, got {self.batch_size!r}")
-        if self.temperature is not None and not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
-            raise ValueError(f"SweepConfig.temperature must be None or a number > 0, got {self.temperature!r}")
+            check_int(self, name, ge=1)
+        check_int(self, "batch_size", ge=1, none_ok=True)
+        check_number(self, "temperature", gt=0, none_ok=True)
 
 
 @dataclass(frozen=True)
@@ -109,14 +105,11 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         for name in ("num_prompts", "batch_size", "table_rows"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"EvalConfig.{name} must be an int >= 1, got {getattr(self, name)!r}")
-        if self.temperature is not None and not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
-            raise ValueError(f"EvalConfig.temperature must be None or a number > 0, got {self.temperature!r}")
-        if self.max_new_tokens is not None and (not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1):
-            raise ValueError(f"EvalConfig.max_new_tokens must be None or an int >= 1, got {self.max_new_tokens!r}")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"EvalConfig.seed must be an int >= 0, got {self.seed!r}")
+            check_int(self, name, ge=1)
+        check_number(self, "temperature", gt=0, none_ok=True)
+        check_int(self, "max_new_tokens", ge=1, none_ok=True)
+        check_int(self, "seed", ge=0)
+        check_instance(self, "sweep", SweepConfig)
 
 
 def sampling_config(config: EvalConfig, ppo: PPOConfig, tokenizer: PreTrainedTokenizerBase) -> SamplingConfig:
@@ -362,6 +355,15 @@ class HealthThresholds:
     """the value function should explain some of the returns' variance; below 0 it is worse than a constant"""
     tail: float = 0.1
     """share of the last updates averaged as "the end of the run" (logged values are noisy)"""
+
+    def __post_init__(self) -> None:
+        for name in ("max_kl", "max_length_ratio"):
+            check_number(self, name, gt=0)
+        check_number(self, "min_entropy_ratio", ge=0)
+        for name in ("min_eos_rate", "max_clipfrac"):
+            check_number(self, name, ge=0, le=1)
+        check_number(self, "min_explained_variance", le=1)
+        check_number(self, "tail", gt=0, le=1)
 
 
 def health_report(log: Sequence[dict], thresholds: HealthThresholds = HealthThresholds()) -> list[dict]:

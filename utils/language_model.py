@@ -17,47 +17,71 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
 
+from utils.config_checks import check, check_int, check_number, check_numbers
 from utils.seed import set_seed
 
 
 @dataclass(frozen=True)
 class LMConfig:
-    """Shape of the GPT-2 base model (vocabulary size comes from the tokenizer)."""
+    """Shape of the GPT-2 base model (vocabulary size comes from the tokenizer). Validated on construction."""
 
-    n_layer: int = 4  # transformer blocks
-    n_head: int = 4  # attention heads per block
-    n_embd: int = 128  # residual stream width; head size = n_embd / n_head
-    n_positions: int = 256  # longest sequence, in tokens (prompt + completion)
-    dropout: float = 0.0  # fresh samples every step: nothing to overfit, so no dropout
+    n_layer: int = 4
+    """transformer blocks"""
+    n_head: int = 4
+    """attention heads per block"""
+    n_embd: int = 128
+    """residual stream width; head size = n_embd / n_head"""
+    n_positions: int = 256
+    """longest sequence, in tokens (prompt + completion)"""
+    dropout: float = 0.0
+    """fresh samples every step: nothing to overfit, so no dropout"""
 
     def __post_init__(self) -> None:
-        if self.n_embd % self.n_head:
-            raise ValueError(f"LMConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        for name in ("n_layer", "n_head", "n_embd", "n_positions"):
+            check_int(self, name, ge=1)
+        check_number(self, "dropout", ge=0, lt=1)
+        check(self, "n_embd", self.n_embd % self.n_head == 0, f"divisible by n_head ({self.n_head})")
 
 
 @dataclass(frozen=True)
 class LMTrainConfig:
-    """How the base model is trained."""
+    """How the base model is trained. Validated on construction (ValueError on bad values)."""
 
-    steps: int = 700  # optimiser steps (~3 min on 2 cores; 1,200 steps: NLL 27.93 -> 27.90, 65% more time)
-    batch_size: int = 32  # rows per step
-    block_size: int = 64  # tokens per row: reviews are packed end to end, so no compute is spent on padding
-    lr: float = 3e-3  # peak learning rate (tiny models tolerate large ones)
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    warmup_steps: int = 100  # linear warmup: Adam's second moments are unreliable at first
-    weight_decay: float = 0.1  # decoupled weight decay on matrices only
-    grad_clip: float = 1.0  # max global gradient norm
-    betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas, as in GPT-3 / nanoGPT
-    eval_every: int = 100  # steps between validation estimates
-    eval_batches: int = 8  # batches per estimate
-    seed: int = 0  # model init and batch order
+    steps: int = 700
+    """optimiser steps (~3 min on 2 cores; 1,200 steps: NLL 27.93 -> 27.90, 65% more time)"""
+    batch_size: int = 32
+    """rows per step"""
+    block_size: int = 64
+    """tokens per row: reviews are packed end to end, so no compute is spent on padding"""
+    lr: float = 3e-3
+    """peak learning rate (tiny models tolerate large ones)"""
+    min_lr_ratio: float = 0.1
+    """cosine decays to lr * min_lr_ratio"""
+    warmup_steps: int = 100
+    """linear warmup: Adam's second moments are unreliable at first"""
+    weight_decay: float = 0.1
+    """decoupled weight decay on matrices only"""
+    grad_clip: float = 1.0
+    """max global gradient norm"""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas, as in GPT-3 / nanoGPT"""
+    eval_every: int = 100
+    """steps between validation estimates"""
+    eval_batches: int = 8
+    """batches per estimate"""
+    seed: int = 0
+    """model init and batch order"""
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "block_size", "warmup_steps", "eval_every", "eval_batches"):
-            if getattr(self, name) < (0 if name == "warmup_steps" else 1):
-                raise ValueError(f"LMTrainConfig.{name} must be positive, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"LMTrainConfig.lr must be > 0, got {self.lr}")
+        for name in ("steps", "batch_size", "block_size", "eval_every", "eval_batches"):
+            check_int(self, name, ge=1)
+        for name in ("warmup_steps", "seed"):
+            check_int(self, name, ge=0)
+        for name in ("lr", "grad_clip"):
+            check_number(self, name, gt=0)
+        check_number(self, "min_lr_ratio", ge=0, le=1)
+        check_number(self, "weight_decay", ge=0)
+        check_numbers(self, "betas", length=2, ge=0, lt=1)
 
 
 def build_model(config: LMConfig, tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> GPT2LMHeadModel:

@@ -23,12 +23,14 @@ The formulas live in :mod:`utils.ppo_losses` (pure functions on tensors, tested 
 computations); this module is the loop that feeds them. The machinery around the loop has modules of
 its own: :mod:`utils.rollout` (the sampler of step 1), :mod:`utils.policy_model` (reading a transformers
 LM as a policy), :mod:`utils.distributed` (statistics over several processes), :mod:`utils.ppo_logs` (the
-log and its dashboard); the pipeline's ``ppo`` stage is :mod:`utils.stages.ppo`. Its structure follows CleanRL's ``ppo.py``, and
-its details follow Huang et al., "The N Implementation Details of RLHF with PPO" (2024) and TRL's original
-``PPOTrainer``: log-probabilities at the sampling temperature in the rollout and in training, the score
-added at the last token, the penalty for responses without EOS, Adam with eps = 1e-5, value clipping,
-advantage whitening. Where we differ from TRL we say so in a comment (e.g. TRL adds the score one
-position *after* EOS, and recomputes the rollout's log-probs in a second forward pass).
+log and its dashboard); the pipeline's ``ppo`` stage is :mod:`utils.stages.ppo`.
+
+The loop's structure follows CleanRL's ``ppo.py``, and its details follow Huang et al., "The N
+Implementation Details of RLHF with PPO" (2024) and TRL's original ``PPOTrainer``: log-probabilities at
+the sampling temperature in the rollout and in training, the score added at the last token, the penalty
+for responses without EOS, Adam with eps = 1e-5, value clipping, advantage whitening. Where we differ from
+TRL we say so in a comment (e.g. TRL adds the score one position *after* EOS, and recomputes the rollout's
+log-probs in a second forward pass).
 
 The trainer takes plain modules (a policy LM, a reference LM, optionally a value model) and a reward
 *function* of token ids, so it works with any scorer: a reward model (:func:`reward_model_fn`), a rule on
@@ -59,6 +61,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from utils.config_checks import check, check_bool, check_choice, check_int, check_names, check_number
 from utils.decoding import left_pad
 from utils.distributed import (Processes, RunningMoments, global_explained_variance, global_masked_mean,
                                global_masked_whiten)
@@ -187,43 +190,29 @@ class PPOConfig:
     """updates between checkpoints (and one at the end) when the trainer has an output_dir; 0: only at the end"""
 
     def __post_init__(self) -> None:
-        def check(name: str, ok: bool, allowed: str) -> None:
-            if not ok:
-                raise ValueError(f"PPOConfig.{name} must be {allowed}, got {getattr(self, name)!r}")
-
-        def is_int(value) -> bool:
-            return isinstance(value, int) and not isinstance(value, bool)
-
-        def is_number(value) -> bool:
-            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
         for name in ("total_episodes", "batch_size", "num_minibatches", "ppo_epochs", "response_length",
                      "lora_r", "lora_alpha", "kl_horizon"):
-            check(name, is_int(getattr(self, name)) and getattr(self, name) >= 1, "an int >= 1")
+            check_int(self, name, ge=1)
         for name in ("seed", "checkpoint_every"):
-            check(name, is_int(getattr(self, name)) and getattr(self, name) >= 0, "an int >= 0")
-        check("generation_batch_size", self.generation_batch_size is None
-              or (is_int(self.generation_batch_size) and self.generation_batch_size >= 1), "None or an int >= 1")
-        check("total_episodes", self.total_episodes >= self.batch_size, f">= batch_size ({self.batch_size})")
-        check("batch_size", self.batch_size % self.num_minibatches == 0,
+            check_int(self, name, ge=0)
+        check_int(self, "generation_batch_size", ge=1, none_ok=True)
+        check(self, "total_episodes", self.total_episodes >= self.batch_size, f">= batch_size ({self.batch_size})")
+        check(self, "batch_size", self.batch_size % self.num_minibatches == 0,
               f"divisible by num_minibatches ({self.num_minibatches})")
-        check("temperature", is_number(self.temperature) and self.temperature > 0, "a number > 0")
-        for name in ("lr", "adam_eps", "max_grad_norm", "kl_target"):
-            check(name, is_number(getattr(self, name)) and getattr(self, name) > 0, "a number > 0")
+        for name in ("temperature", "lr", "adam_eps", "max_grad_norm", "kl_target"):
+            check_number(self, name, gt=0)
         for name in ("vf_coef", "ent_coef", "kl_coef", "missing_eos_penalty"):
-            check(name, is_number(getattr(self, name)) and getattr(self, name) >= 0, "a number >= 0")
+            check_number(self, name, ge=0)
         for name in ("gamma", "lam"):
-            check(name, is_number(getattr(self, name)) and 0 <= getattr(self, name) <= 1, "a number in [0, 1]")
-        check("clip_range", is_number(self.clip_range) and 0 < self.clip_range < 1, "a number in (0, 1)")
-        check("clip_range_value", self.clip_range_value is None
-              or (is_number(self.clip_range_value) and self.clip_range_value > 0), "None or a number > 0")
-        check("lr_schedule", self.lr_schedule in LR_SCHEDULES, f"one of {LR_SCHEDULES}")
-        check("kl_estimator", self.kl_estimator in KL_ESTIMATORS, f"one of {KL_ESTIMATORS}")
-        check("value_model", self.value_model in VALUE_MODELS, f"one of {VALUE_MODELS}")
+            check_number(self, name, ge=0, le=1)
+        check_number(self, "clip_range", gt=0, lt=1)
+        check_number(self, "clip_range_value", gt=0, none_ok=True)
+        check_choice(self, "lr_schedule", LR_SCHEDULES)
+        check_choice(self, "kl_estimator", KL_ESTIMATORS)
+        check_choice(self, "value_model", VALUE_MODELS)
         for name in ("whiten_advantages", "adaptive_kl", "normalize_scores", "whiten_rewards", "use_lora"):
-            check(name, isinstance(getattr(self, name), bool), "a bool")
-        check("lora_target_modules", isinstance(self.lora_target_modules, tuple) and len(self.lora_target_modules) > 0
-              and all(isinstance(m, str) for m in self.lora_target_modules), "a non-empty tuple of module names")
+            check_bool(self, name)
+        check_names(self, "lora_target_modules")
 
     @property
     def num_updates(self) -> int:

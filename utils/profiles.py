@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from dataclasses import dataclass, field
 
+from utils.config_checks import check_instance, check_int, check_text
 from utils.evaluation import EvalConfig, SweepConfig
 from utils.language_model import LMConfig, LMTrainConfig
 from utils.ppo import PPOConfig
@@ -23,39 +25,65 @@ from utils.tokenizer import TokenizerConfig
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Sizes and seeds of the datasets generated from the review world."""
+    """Sizes and seeds of the datasets generated from the review world. Validated on construction."""
 
-    lm_train_size: int = 60_000  # reviews for language-model training
-    lm_val_size: int = 2_000  # held-out reviews: NLL per review vs the source entropy
-    instruction_train_size: int = 6_000  # instruction rows for SFT
-    instruction_test_size: int = 300  # held-out instruction rows for ROUGE/BLEU
-    preference_train_size: int = 4_000  # labelled pairs for reward-model training
-    preference_test_size: int = 1_000  # held-out labelled pairs
-    rl_prompt_train_size: int = 2_048  # review openings for PPO
-    rl_prompt_test_size: int = 256  # held-out openings for evaluation
-    seed: int = 0  # every dataset derives its seed from this one
+    lm_train_size: int = 60_000
+    """reviews for language-model training"""
+    lm_val_size: int = 2_000
+    """held-out reviews: NLL per review vs the source entropy"""
+    instruction_train_size: int = 6_000
+    """instruction rows for SFT"""
+    instruction_test_size: int = 300
+    """held-out instruction rows for ROUGE/BLEU"""
+    preference_train_size: int = 4_000
+    """labelled pairs for reward-model training"""
+    preference_test_size: int = 1_000
+    """held-out labelled pairs"""
+    rl_prompt_train_size: int = 2_048
+    """review openings for PPO"""
+    rl_prompt_test_size: int = 256
+    """held-out openings for evaluation"""
+    seed: int = 0
+    """every dataset derives its seed from this one"""
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            if getattr(self, f.name) < (0 if f.name == "seed" else 1):
-                raise ValueError(f"DataConfig.{f.name} must be positive, got {getattr(self, f.name)}")
+            check_int(self, f.name, ge=0 if f.name == "seed" else 1)
 
 
 @dataclass(frozen=True)
 class Profile:
-    """Everything that decides the numbers a run produces."""
+    """Everything that decides the numbers a run produces. Validated on construction."""
 
     name: str
+    """what the profile is called (``get_profile(name)``, ``$RLHF_PROFILE``)"""
     grammar: GrammarConfig = field(default_factory=GrammarConfig)
+    """the review world's grammar (utils.review_world)"""
     data: DataConfig = field(default_factory=DataConfig)
+    """sizes and seeds of the generated datasets"""
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    """the BPE tokenizer (utils.tokenizer)"""
     lm: LMConfig = field(default_factory=LMConfig)
+    """shape of the base LM (utils.language_model)"""
     lm_train: LMTrainConfig = field(default_factory=LMTrainConfig)
-    grammar_samples: int = 500  # free samples drawn to measure the grammatical fraction
-    sft: SFTConfig = field(default_factory=SFTConfig)  # instruction tuning (utils.sft)
-    rm: RewardModelConfig = field(default_factory=RewardModelConfig)  # reward model (utils.reward_model)
-    ppo: PPOConfig = field(default_factory=PPOConfig)  # RLHF with PPO (utils.ppo)
-    evaluation: EvalConfig = field(default_factory=EvalConfig)  # held-out evaluation and KL sweep (utils.evaluation)
+    """how the base LM is trained"""
+    grammar_samples: int = 500
+    """free samples drawn to measure the base LM's grammatical fraction"""
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    """instruction tuning (utils.sft)"""
+    rm: RewardModelConfig = field(default_factory=RewardModelConfig)
+    """reward model (utils.reward_model)"""
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    """RLHF with PPO (utils.ppo)"""
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+    """held-out evaluation and KL sweep (utils.evaluation)"""
+
+    def __post_init__(self) -> None:
+        check_text(self, "name")
+        check_int(self, "grammar_samples", ge=1)
+        for name, annotation in typing.get_type_hints(Profile).items():
+            if dataclasses.is_dataclass(annotation):  # a stage's config: its own __post_init__ checked its fields
+                check_instance(self, name, annotation)
 
 
 PROFILES: dict[str, Profile] = {

@@ -38,6 +38,8 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+from utils.config_checks import check, check_int, check_number, check_numbers
+
 # --------------------------------------------------------------------------------------------
 # The lexicon: (word or phrase, sampling weight, sentiment value in [-1, 1])
 # --------------------------------------------------------------------------------------------
@@ -76,30 +78,29 @@ UNGRAMMATICAL_REWARD = -2.0
 
 @dataclass(frozen=True)
 class GrammarConfig:
-    """Probabilities of the grammar's structural choices (the lexicon's weights live above)."""
+    """Probabilities of the grammar's structural choices (the lexicon's weights live above).
+    Validated on construction (ValueError on bad values)."""
 
-    # P(number of body sentences = k) for k = 1..4; more sentences mean longer reviews.
     sentence_count_probs: tuple[float, ...] = (0.30, 0.35, 0.25, 0.10)
-    # P(a closing verdict follows the body).
+    """P(number of body sentences = k) for k = 1..4; more sentences mean longer reviews"""
     closing_prob: float = 0.4
-    # P(sentence form): simple, "and", ", but", "although".
+    """P(a closing verdict follows the body)"""
     sentence_form_probs: tuple[float, float, float, float] = (0.45, 0.20, 0.20, 0.15)
-    # P(clause form): "the A was ADJ", "the A felt ADJ", "the A was DEGREE ADJ", "i VERB the A".
+    """P(sentence form), in this order: simple, "and", ", but", "although" (two clauses joined)"""
     clause_form_probs: tuple[float, float, float, float] = (0.40, 0.15, 0.15, 0.30)
-    # P(closing form): "overall, a ADJ film." vs "i would (not) recommend it.".
+    """P(clause form), in this order: "the A was ADJ", "the A felt ADJ", "the A was DEGREE ADJ", "i VERB the A" """
     closing_film_prob: float = 0.6
-    # P(the second clause of a two-clause sentence has the polarity its connective suggests:
-    # the same for "and", the opposite for "but" and "although").
+    """P(the closing is "overall, a ADJ film.") against "i would (not) recommend it." """
     connective_agreement_prob: float = 0.9
+    """P(the second clause of a two-clause sentence has the polarity its connective suggests: the same for
+    "and", the opposite for "but" and "although")"""
 
     def __post_init__(self) -> None:
-        for name in ("sentence_count_probs", "sentence_form_probs", "clause_form_probs"):
-            probs = getattr(self, name)
-            if any(p < 0 for p in probs) or abs(sum(probs) - 1.0) > 1e-9:
-                raise ValueError(f"GrammarConfig.{name} must be non-negative and sum to 1, got {probs}")
+        for name, length in (("sentence_count_probs", None), ("sentence_form_probs", 4), ("clause_form_probs", 4)):
+            check_numbers(self, name, length=length, ge=0, le=1)
+            check(self, name, abs(sum(getattr(self, name)) - 1.0) <= 1e-9, "probabilities that sum to 1")
         for name in ("closing_prob", "closing_film_prob", "connective_agreement_prob"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"GrammarConfig.{name} must be in [0, 1], got {getattr(self, name)}")
+            check_number(self, name, ge=0, le=1)
 
 
 SENTENCE_FORMS = ("simple", "and", "but", "although")
@@ -576,20 +577,22 @@ def instruction_pairs(n: int, seed: int, config: GrammarConfig | None = None) ->
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class AnnotatorConfig:
-    """A simulated human labeller: Bradley-Terry on the gold reward, with noise and a planted bias."""
+    """A simulated human labeller: Bradley-Terry on the gold reward, with noise and a planted bias.
+    Validated on construction (ValueError on bad values)."""
 
-    # Noise temperature: P(A > B) = sigmoid((gold(A) - gold(B)) / temperature + bias). Lower = more
-    # consistent annotators; real human agreement on HH-style data is around 65-75%.
     temperature: float = 0.25
-    # Spurious preference for longer answers, in logits per extra word. Real annotators show it too
-    # (Singhal et al., 2023); a reward model learns it and PPO exploits it.
+    """noise temperature: P(A > B) = sigmoid((gold(A) - gold(B)) / temperature + bias). Lower = more
+    consistent annotators; real human agreement on HH-style data is around 65-75%"""
     length_bias_per_word: float = 0.15
-    # Seed of this annotator's coin flips (two annotators = two seeds).
+    """spurious preference for longer answers, in logits per extra word (negative: for shorter ones). Real
+    annotators show it too (Singhal et al., 2023); a reward model learns it and PPO exploits it"""
     seed: int = 0
+    """seed of this annotator's coin flips (two annotators = two seeds)"""
 
     def __post_init__(self) -> None:
-        if self.temperature <= 0:
-            raise ValueError(f"AnnotatorConfig.temperature must be > 0, got {self.temperature}")
+        check_number(self, "temperature", gt=0)
+        check_number(self, "length_bias_per_word")
+        check_int(self, "seed", ge=0)
 
 
 def preference_probability(prompt: str, a: str, b: str, config: AnnotatorConfig) -> float:

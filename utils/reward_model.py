@@ -51,6 +51,7 @@ from transformers import (BertConfig, BertForSequenceClassification, GPT2ForSequ
                           PreTrainedModel, PreTrainedTokenizerBase)
 
 from utils import review_world as rw
+from utils.config_checks import check, check_bool, check_choice, check_int, check_number, check_numbers
 from utils.language_model import collate, get_lr
 from utils.seed import set_seed
 
@@ -65,48 +66,71 @@ INITS = ("sft", "base")  # what the GPT-style reward model starts from
 
 @dataclass(frozen=True)
 class RewardModelConfig:
-    """How the reward models are built and trained."""
+    """How the reward models are built and trained. Validated on construction (ValueError on bad values)."""
 
-    init: str = "sft"  # the GPT-style RM starts from the SFT model ("sft", as in InstructGPT) or the base LM
-    steps: int = 300  # optimiser steps (2.4 epochs of 4,000 pairs at batch 32; held-out accuracy is flat after ~250)
-    batch_size: int = 32  # preference pairs per step (2 x batch_size sequences per forward pass)
-    lr: float = 1e-3  # peak learning rate
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    warmup_steps: int = 25  # linear warmup
-    weight_decay: float = 0.0  # decoupled AdamW weight decay on matrices
-    betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas
-    grad_clip: float = 1.0  # max global gradient norm
-    margin: float = 0.0  # Bradley-Terry margin: demand r_chosen - r_rejected > margin (0 = plain BT)
-    shuffle: bool = True  # reshuffle the pairs every epoch (False: fixed order, to compare with TRL)
-    eval_every: int = 50  # steps between train / held-out estimates (the overfitting curves)
-    eval_pairs: int = 300  # pairs of each split used for those estimates (each estimate costs ~6 training steps)
-    normalisation_texts: int = 2_000  # reference texts for the mean-0 / std-1 normalisation
-    calibration_bins: int = 10  # bins of the reliability diagram
-    encoder_n_layer: int = 2  # BERT-style encoder (trained from scratch): blocks
-    encoder_n_embd: int = 128  # ... width
-    encoder_n_head: int = 4  # ... heads
-    encoder_lr: float = 1e-3  # ... peak learning rate
-    train_encoder: bool = True  # also train the encoder RM in the pipeline stage (for the comparison)
-    train_trl: bool = False  # also train with TRL's RewardTrainer in the stage (doubles its time; notebook 08
-    # and tests/test_reward_model.py show step-by-step equal losses on short runs)
-    seed: int = 0  # head init and batch order
+    init: str = "sft"
+    """what the GPT-style RM starts from: "sft" (the SFT model, as in InstructGPT) or "base" (the base LM)"""
+    steps: int = 300
+    """optimiser steps (2.4 epochs of 4,000 pairs at batch 32; held-out accuracy is flat after ~250)"""
+    batch_size: int = 32
+    """preference pairs per step (2 x batch_size sequences per forward pass)"""
+    lr: float = 1e-3
+    """peak learning rate"""
+    min_lr_ratio: float = 0.1
+    """cosine decays to lr * min_lr_ratio"""
+    warmup_steps: int = 25
+    """linear warmup"""
+    weight_decay: float = 0.0
+    """decoupled AdamW weight decay on matrices"""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas"""
+    grad_clip: float = 1.0
+    """max global gradient norm"""
+    margin: float = 0.0
+    """Bradley-Terry margin: demand r_chosen - r_rejected > margin (0 = plain BT)"""
+    shuffle: bool = True
+    """reshuffle the pairs every epoch (False: fixed order, to compare with TRL)"""
+    eval_every: int = 50
+    """steps between train / held-out estimates (the overfitting curves)"""
+    eval_pairs: int = 300
+    """pairs of each split used for those estimates (each estimate costs ~6 training steps)"""
+    normalisation_texts: int = 2_000
+    """reference texts for the mean-0 / std-1 normalisation"""
+    calibration_bins: int = 10
+    """bins of the reliability diagram"""
+    encoder_n_layer: int = 2
+    """BERT-style encoder (trained from scratch): blocks"""
+    encoder_n_embd: int = 128
+    """BERT-style encoder: width"""
+    encoder_n_head: int = 4
+    """BERT-style encoder: attention heads"""
+    encoder_lr: float = 1e-3
+    """BERT-style encoder: peak learning rate"""
+    train_encoder: bool = True
+    """also train the encoder RM in the pipeline stage (for the comparison)"""
+    train_trl: bool = False
+    """also train with TRL's RewardTrainer in the stage (doubles its time; notebook 08 and
+    tests/test_reward_model.py show step-by-step equal losses on short runs)"""
+    seed: int = 0
+    """head init and batch order"""
 
     def __post_init__(self) -> None:
-        if self.init not in INITS:
-            raise ValueError(f"RewardModelConfig.init must be one of {INITS}, got {self.init!r}")
-        for name in ("steps", "batch_size", "eval_every", "eval_pairs", "normalisation_texts",
-                     "calibration_bins", "encoder_n_layer", "encoder_n_embd", "encoder_n_head"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"RewardModelConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "encoder_lr"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"RewardModelConfig.{name} must be > 0, got {getattr(self, name)}")
-        if self.warmup_steps < 0 or self.margin < 0:
-            raise ValueError("RewardModelConfig.warmup_steps and margin must be >= 0, got "
-                             f"{self.warmup_steps} and {self.margin}")
-        if self.encoder_n_embd % self.encoder_n_head:
-            raise ValueError(f"RewardModelConfig.encoder_n_embd ({self.encoder_n_embd}) must be divisible by "
-                             f"encoder_n_head ({self.encoder_n_head})")
+        check_choice(self, "init", INITS)
+        for name in ("steps", "batch_size", "eval_every", "eval_pairs", "normalisation_texts", "calibration_bins",
+                     "encoder_n_layer", "encoder_n_embd", "encoder_n_head"):
+            check_int(self, name, ge=1)
+        for name in ("warmup_steps", "seed"):
+            check_int(self, name, ge=0)
+        for name in ("lr", "encoder_lr", "grad_clip"):
+            check_number(self, name, gt=0)
+        check_number(self, "min_lr_ratio", ge=0, le=1)
+        for name in ("weight_decay", "margin"):
+            check_number(self, name, ge=0)
+        check_numbers(self, "betas", length=2, ge=0, lt=1)
+        for name in ("shuffle", "train_encoder", "train_trl"):
+            check_bool(self, name)
+        check(self, "encoder_n_embd", self.encoder_n_embd % self.encoder_n_head == 0,
+              f"divisible by encoder_n_head ({self.encoder_n_head})")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from utils import review_world as rw
+from utils.config_checks import check_bool, check_choice, check_int, check_names, check_number, check_numbers
 from utils.decoding import SamplingConfig, generate, left_pad
 from utils.text_metrics import corpus_bleu, mean_rouge
 from utils.trl_helpers import offline_cpu_training_args, quiet_training, silence_trainer
@@ -48,39 +49,64 @@ LORA_ADAPTER_DIR = "lora_adapter"  # sub-folder of the SFT artifact holding the 
 
 @dataclass(frozen=True)
 class SFTConfig:
-    """How the base LM is instruction-tuned (our own config; TRL's ``trl.SFTConfig`` is built from it)."""
+    """How the base LM is instruction-tuned (our own config; TRL's ``trl.SFTConfig`` is built from it).
+    Validated on construction (ValueError on bad values)."""
 
-    epochs: float = 2.0  # passes over the instruction rows
-    batch_size: int = 32  # rows per optimiser step
-    lr: float = 2e-3  # peak learning rate of full fine-tuning (tiny models tolerate large ones)
-    lr_scheduler: str = "cosine"  # transformers scheduler name: warmup, then cosine decay to 0
-    warmup_ratio: float = 0.05  # share of the steps spent warming up linearly
-    weight_decay: float = 0.0  # a short fine-tune on clean data: nothing to regularise
-    betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas as in pretraining (TRL's default beta2=0.999 adapts slowly)
-    grad_clip: float = 1.0  # max global gradient norm
-    max_length: int = 256  # longest training sequence in tokens (ours are < 100: nothing is truncated)
-    group_by_length: bool = True  # batch rows of similar length: half the padding, ~1.5x faster on a CPU
-    lora_r: int = 16  # rank of the LoRA update B A
-    lora_alpha: int = 32  # LoRA scale alpha / r multiplies the update
-    lora_dropout: float = 0.0  # dropout on the LoRA input; none needed for a short run
-    lora_lr: float = 5e-3  # LoRA trains few weights from a zero update: it needs a larger step
-    lora_target_modules: tuple[str, ...] = ("c_attn", "c_proj", "c_fc")  # GPT-2 attention and MLP matrices
-    train_lora: bool = False  # also train the LoRA variant in the stage (+12 min on 2 cores; notebook 06 demos it)
-    eval_max_new_tokens: int = 96  # greedy decoding budget (the longest reference is ~60 tokens)
-    eval_batch_size: int = 128  # prompts decoded together
-    seed: int = 0  # TRL's seed: batch order and LoRA init
+    epochs: float = 2.0
+    """passes over the instruction rows"""
+    batch_size: int = 32
+    """rows per optimiser step"""
+    lr: float = 2e-3
+    """peak learning rate of full fine-tuning (tiny models tolerate large ones)"""
+    lr_scheduler: str = "cosine"
+    """transformers scheduler name (``transformers.SchedulerType``): warmup, then cosine decay to 0"""
+    warmup_ratio: float = 0.05
+    """share of the steps spent warming up linearly"""
+    weight_decay: float = 0.0
+    """a short fine-tune on clean data: nothing to regularise"""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas as in pretraining (TRL's default beta2=0.999 adapts slowly)"""
+    grad_clip: float = 1.0
+    """max global gradient norm"""
+    max_length: int = 256
+    """longest training sequence in tokens (ours are < 100: nothing is truncated)"""
+    group_by_length: bool = True
+    """batch rows of similar length: half the padding, ~1.5x faster on a CPU"""
+    lora_r: int = 16
+    """rank of the LoRA update B A"""
+    lora_alpha: int = 32
+    """LoRA scale: alpha / r multiplies the update"""
+    lora_dropout: float = 0.0
+    """dropout on the LoRA input; none needed for a short run"""
+    lora_lr: float = 5e-3
+    """LoRA trains few weights from a zero update: it needs a larger step"""
+    lora_target_modules: tuple[str, ...] = ("c_attn", "c_proj", "c_fc")
+    """GPT-2 attention and MLP matrices that get an adapter"""
+    train_lora: bool = False
+    """also train the LoRA variant in the stage (+12 min on 2 cores; notebook 06 demos it)"""
+    eval_max_new_tokens: int = 96
+    """greedy decoding budget (the longest reference is ~60 tokens)"""
+    eval_batch_size: int = 128
+    """prompts decoded together"""
+    seed: int = 0
+    """TRL's seed: batch order and LoRA init"""
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "max_length", "lora_r", "eval_max_new_tokens", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"SFTConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("epochs", "lr", "lora_lr", "lora_alpha"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"SFTConfig.{name} must be > 0, got {getattr(self, name)}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"SFTConfig.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if not self.lora_target_modules:
-            raise ValueError("SFTConfig.lora_target_modules must name at least one module")
+        from transformers import SchedulerType
+
+        for name in ("batch_size", "max_length", "lora_r", "lora_alpha", "eval_max_new_tokens", "eval_batch_size"):
+            check_int(self, name, ge=1)
+        check_int(self, "seed", ge=0)
+        for name in ("epochs", "lr", "lora_lr", "grad_clip"):
+            check_number(self, name, gt=0)
+        check_number(self, "weight_decay", ge=0)
+        for name in ("warmup_ratio", "lora_dropout"):
+            check_number(self, name, ge=0, lt=1)
+        check_numbers(self, "betas", length=2, ge=0, lt=1)
+        check_choice(self, "lr_scheduler", [s.value for s in SchedulerType])
+        check_names(self, "lora_target_modules")
+        for name in ("group_by_length", "train_lora"):
+            check_bool(self, name)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -17,22 +17,30 @@ from typing import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
+from utils.config_checks import check_int
+
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
 
 
 @dataclass(frozen=True)
 class TokenizerConfig:
-    """How the course's BPE tokenizer is trained."""
+    """How the course's BPE tokenizer is trained. Validated on construction (ValueError on bad values)."""
 
-    vocab_size: int = 1024  # upper bound: training stops early when no pair repeats
-    min_frequency: int = 2  # a pair must occur this often to be merged
-    corpus_size: int = 20_000  # reviews (plus as many instruction rows) to train the merges on
-    seed: int = 0  # seed of the corpus the merges are learned from
+    vocab_size: int = 1024
+    """upper bound: training stops early when no pair repeats; at least 256 bytes + 2 special tokens"""
+    min_frequency: int = 2
+    """a pair must occur this often to be merged"""
+    corpus_size: int = 20_000
+    """reviews (plus as many instruction rows) to train the merges on"""
+    seed: int = 0
+    """seed of the corpus the merges are learned from"""
 
     def __post_init__(self) -> None:
-        if self.vocab_size < 258:
-            raise ValueError(f"TokenizerConfig.vocab_size must be >= 258 (256 bytes + 2 specials), got {self.vocab_size}")
+        check_int(self, "vocab_size", ge=258)
+        for name in ("min_frequency", "corpus_size"):
+            check_int(self, name, ge=1)
+        check_int(self, "seed", ge=0)
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> PreTrainedTokenizerFast:

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from utils.attention import AttentionConfig, MultiHeadAttention, padding_mask
+from utils.config_checks import check, check_bool, check_choice, check_int, check_number
 from utils.positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 
 ACTIVATIONS = {
@@ -42,22 +43,36 @@ ACTIVATIONS = {
 
 @dataclass
 class BlockConfig:
-    d_model: int = 128  # width of the residual stream
-    n_heads: int = 4  # attention heads per block
-    d_ff: int = 512  # hidden width of the feed-forward MLP (4 * d_model by convention)
-    dropout: float = 0.1  # on attention weights and on each sublayer's output (training only)
-    norm_first: bool = True  # True: pre-norm x + f(norm(x)); False: post-norm norm(x + f(x))
-    activation: str = "gelu"  # feed-forward non-linearity: one of ACTIVATIONS
-    layer_norm_eps: float = 1e-5  # LayerNorm epsilon (GPT-2 1e-5, BERT 1e-12)
-    bias: bool = True  # biases in the linear layers
-    rotary: bool = False  # RoPE on self-attention queries/keys
+    """One transformer block: attention, feed-forward, norms. Validated on construction (ValueError on bad values)."""
+
+    d_model: int = 128
+    """width of the residual stream"""
+    n_heads: int = 4
+    """attention heads per block"""
+    d_ff: int = 512
+    """hidden width of the feed-forward MLP (4 * d_model by convention)"""
+    dropout: float = 0.1
+    """on attention weights and on each sublayer's output (training only)"""
+    norm_first: bool = True
+    """True: pre-norm x + f(norm(x)); False: post-norm norm(x + f(x))"""
+    activation: str = "gelu"
+    """feed-forward non-linearity: one of ACTIVATIONS"""
+    layer_norm_eps: float = 1e-5
+    """LayerNorm epsilon (GPT-2 1e-5, BERT 1e-12)"""
+    bias: bool = True
+    """biases in the linear layers"""
+    rotary: bool = False
+    """RoPE on self-attention queries/keys"""
 
     def __post_init__(self) -> None:
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
-        if self.d_ff <= 0:
-            raise ValueError(f"d_ff must be positive, got {self.d_ff}")
-        AttentionConfig(self.d_model, self.n_heads, self.dropout)  # validates the shared fields
+        for name in ("d_model", "n_heads", "d_ff"):
+            check_int(self, name, ge=1)
+        check(self, "d_model", self.d_model % self.n_heads == 0, f"divisible by n_heads ({self.n_heads})")
+        check_number(self, "dropout", ge=0, lt=1)
+        check_choice(self, "activation", sorted(ACTIVATIONS))
+        check_number(self, "layer_norm_eps", gt=0)
+        for name in ("norm_first", "bias", "rotary"):
+            check_bool(self, name)
 
     def attention(self, causal: bool, rotary: bool | None = None) -> AttentionConfig:
         """The AttentionConfig of a block's attention sublayer."""
@@ -219,18 +234,42 @@ def _optional_padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor 
 # --------------------------------------------------------------------------- encoder-decoder (2017)
 @dataclass
 class EncoderDecoderConfig:
-    src_vocab_size: int = 1000  # source-language vocabulary
-    tgt_vocab_size: int = 1000  # target-language vocabulary
-    d_model: int = 128  # residual stream width (paper: 512)
-    n_heads: int = 4  # attention heads (paper: 8)
-    n_encoder_layers: int = 2  # encoder depth (paper: 6)
-    n_decoder_layers: int = 2  # decoder depth (paper: 6)
-    d_ff: int = 512  # feed-forward width (paper: 2048)
-    max_len: int = 256  # longest source or target sequence (sinusoids could go further; we check)
-    dropout: float = 0.1  # paper: 0.1
-    norm_first: bool = False  # the paper is post-norm; set True for the more stable pre-norm
-    activation: str = "relu"  # the paper's feed-forward used ReLU
-    tie_target_embeddings: bool = True  # share target embedding and output projection, as the paper
+    """The encoder-decoder transformer of "Attention Is All You Need" (2017), small. Validated on construction."""
+
+    src_vocab_size: int = 1000
+    """source-language vocabulary"""
+    tgt_vocab_size: int = 1000
+    """target-language vocabulary"""
+    d_model: int = 128
+    """residual stream width (paper: 512)"""
+    n_heads: int = 4
+    """attention heads (paper: 8)"""
+    n_encoder_layers: int = 2
+    """encoder depth (paper: 6)"""
+    n_decoder_layers: int = 2
+    """decoder depth (paper: 6)"""
+    d_ff: int = 512
+    """feed-forward width (paper: 2048)"""
+    max_len: int = 256
+    """longest source or target sequence (sinusoids could go further; we check)"""
+    dropout: float = 0.1
+    """paper: 0.1"""
+    norm_first: bool = False
+    """the paper is post-norm; set True for the more stable pre-norm"""
+    activation: str = "relu"
+    """the paper's feed-forward used ReLU; one of ACTIVATIONS"""
+    tie_target_embeddings: bool = True
+    """share target embedding and output projection, as the paper"""
+
+    def __post_init__(self) -> None:
+        for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "n_heads", "n_encoder_layers",
+                     "n_decoder_layers", "d_ff", "max_len"):
+            check_int(self, name, ge=1)
+        check(self, "d_model", self.d_model % self.n_heads == 0, f"divisible by n_heads ({self.n_heads})")
+        check_number(self, "dropout", ge=0, lt=1)
+        check_choice(self, "activation", sorted(ACTIVATIONS))
+        for name in ("norm_first", "tie_target_embeddings"):
+            check_bool(self, name)
 
     def block_config(self) -> BlockConfig:
         """The BlockConfig shared by every block of the model."""
@@ -302,15 +341,34 @@ class EncoderDecoderTransformer(nn.Module):
 # --------------------------------------------------------------------------- encoder-only (BERT)
 @dataclass
 class EncoderOnlyConfig:
-    vocab_size: int = 1000  # token vocabulary (including [MASK], [PAD], ...)
-    max_len: int = 256  # number of learned position embeddings
-    d_model: int = 128  # residual stream width (BERT-base: 768)
-    n_heads: int = 4  # attention heads (BERT-base: 12)
-    n_layers: int = 2  # encoder depth (BERT-base: 12)
-    d_ff: int = 512  # feed-forward width (BERT-base: 3072)
-    dropout: float = 0.1  # BERT: 0.1
-    norm_first: bool = False  # BERT is post-norm
-    layer_norm_eps: float = 1e-12  # BERT's epsilon
+    """A BERT-style encoder, small. Validated on construction (ValueError on bad values)."""
+
+    vocab_size: int = 1000
+    """token vocabulary (including [MASK], [PAD], ...)"""
+    max_len: int = 256
+    """number of learned position embeddings"""
+    d_model: int = 128
+    """residual stream width (BERT-base: 768)"""
+    n_heads: int = 4
+    """attention heads (BERT-base: 12)"""
+    n_layers: int = 2
+    """encoder depth (BERT-base: 12)"""
+    d_ff: int = 512
+    """feed-forward width (BERT-base: 3072)"""
+    dropout: float = 0.1
+    """BERT: 0.1"""
+    norm_first: bool = False
+    """BERT is post-norm"""
+    layer_norm_eps: float = 1e-12
+    """BERT's epsilon"""
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "max_len", "d_model", "n_heads", "n_layers", "d_ff"):
+            check_int(self, name, ge=1)
+        check(self, "d_model", self.d_model % self.n_heads == 0, f"divisible by n_heads ({self.n_heads})")
+        check_number(self, "dropout", ge=0, lt=1)
+        check_number(self, "layer_norm_eps", gt=0)
+        check_bool(self, "norm_first")
 
     def block_config(self) -> BlockConfig:
         """The BlockConfig shared by every block of the model."""
@@ -368,20 +426,32 @@ class EncoderOnlyModel(nn.Module):
 # --------------------------------------------------------------------------- decoder-only (GPT-2)
 @dataclass
 class GPTConfig:
-    vocab_size: int = 50257  # GPT-2's BPE vocabulary
-    block_size: int = 1024  # context length = number of learned positions (HF: n_positions)
-    n_layer: int = 12  # number of transformer blocks (GPT-2 small: 12)
-    n_head: int = 12  # attention heads per block
-    n_embd: int = 768  # residual stream width; the MLP is 4x wider
-    dropout: float = 0.0  # one rate for embeddings, attention weights and residual branches
-    layer_norm_eps: float = 1e-5  # GPT-2's LayerNorm epsilon
-    bias: bool = True  # biases in the linear layers (GPT-2 has them; LayerNorms always keep theirs)
+    """A GPT-2 (defaults: GPT-2 small's shape). Validated on construction (ValueError on bad values)."""
+
+    vocab_size: int = 50257
+    """GPT-2's BPE vocabulary"""
+    block_size: int = 1024
+    """context length = number of learned positions (HF: n_positions)"""
+    n_layer: int = 12
+    """number of transformer blocks (GPT-2 small: 12)"""
+    n_head: int = 12
+    """attention heads per block"""
+    n_embd: int = 768
+    """residual stream width; the MLP is 4x wider"""
+    dropout: float = 0.0
+    """one rate for embeddings, attention weights and residual branches"""
+    layer_norm_eps: float = 1e-5
+    """GPT-2's LayerNorm epsilon"""
+    bias: bool = True
+    """biases in the linear layers (GPT-2 has them; LayerNorms always keep theirs)"""
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "block_size", "n_layer"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        self.block_config()  # validates n_embd, n_head, dropout
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            check_int(self, name, ge=1)
+        check(self, "n_embd", self.n_embd % self.n_head == 0, f"divisible by n_head ({self.n_head})")
+        check_number(self, "dropout", ge=0, lt=1)
+        check_number(self, "layer_norm_eps", gt=0)
+        check_bool(self, "bias")
 
     def block_config(self) -> BlockConfig:
         """The BlockConfig shared by every block of the model."""
