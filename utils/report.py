@@ -33,14 +33,14 @@ class Difference:
 
     source: str  # a chapter's path relative to the repository, or "the banner"
     line: int  # 1-based line in that source; 0 for the blank lines that join it to the one before
-    expected: str  # what the assembly has there ("" where REPORT.md has extra lines)
-    found: str  # what REPORT.md has there ("" where REPORT.md lacks lines)
+    expected: tuple[str, ...]  # the assembly's lines there (none where REPORT.md has extra lines)
+    found: tuple[str, ...]  # REPORT.md's lines there (none where it lacks lines)
 
     def __str__(self) -> str:
         where = f"line {self.line}" if self.line else "the blank lines before line 1"
         return (
-            f"{self.source}, {where}: the assembly has {self.expected!r}, "
-            f"REPORT.md has {self.found!r}"
+            f"{self.source}, {where}: the assembly has {list(self.expected)}, "
+            f"REPORT.md has {list(self.found)}"
         )
 
 
@@ -53,37 +53,37 @@ def chapter_paths(chapter_dir: Path = CHAPTER_DIR) -> list[Path]:
 
 
 def _parts(chapter_dir: Path) -> list[tuple[str, str]]:
-    """(source name, text) for the banner and each chapter, as they are joined."""
+    """(source name, text) for the banner and each chapter, in the order they are joined."""
     parts = [("the banner", BANNER)]
     for path in chapter_paths(chapter_dir):
         text = path.read_text(encoding="utf-8").rstrip("\n")
         if not text.strip():
             raise ValueError(f"chapter {path} is empty; delete it or give it text")
-        parts.append((_display_name(path, chapter_dir), text))
+        name = path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path
+        parts.append((str(name), text))
     return parts
 
 
-def _display_name(path: Path, chapter_dir: Path) -> str:
-    try:
-        return str(path.relative_to(chapter_dir.parent.parent))
-    except ValueError:
-        return str(path)
+def _join(parts: list[tuple[str, str]]) -> str:
+    return SEPARATOR.join(text for _, text in parts) + "\n"
 
 
 def assemble(chapter_dir: Path = CHAPTER_DIR) -> str:
     """The text REPORT.md must hold: banner and chapters, each pair separated by two blank lines."""
-    return SEPARATOR.join(text for _, text in _parts(chapter_dir)) + "\n"
+    return _join(_parts(chapter_dir))
 
 
 def differences(report_text: str, chapter_dir: Path = CHAPTER_DIR) -> list[Difference]:
     """Where `report_text` departs from the assembly, one entry per differing run of lines."""
+    parts = _parts(chapter_dir)
+    expected = _join(parts)
     # Each assembled line remembers which part it came from and its line number there.
     owners: list[tuple[str, int]] = []
-    for index, (source, text) in enumerate(_parts(chapter_dir)):
+    for index, (source, text) in enumerate(parts):
         if index:
             owners += [(source, 0)] * (SEPARATOR.count("\n") - 1)
         owners += [(source, number) for number in range(1, text.count("\n") + 2)]
-    expected_lines = assemble(chapter_dir).splitlines()
+    expected_lines = expected.splitlines()
     found_lines = report_text.splitlines()
     matcher = difflib.SequenceMatcher(None, expected_lines, found_lines, autojunk=False)
     found: list[Difference] = []
@@ -98,18 +98,19 @@ def differences(report_text: str, chapter_dir: Path = CHAPTER_DIR) -> list[Diffe
             Difference(
                 source=source,
                 line=line,
-                expected="\n".join(expected_lines[i1:i2]),
-                found="\n".join(found_lines[j1:j2]),
+                expected=tuple(expected_lines[i1:i2]),
+                found=tuple(found_lines[j1:j2]),
             )
         )
-    if not found and report_text != assemble(chapter_dir):
-        found.append(Difference("REPORT.md", 1, "one newline at the end", "other line endings"))
+    if not found and report_text != expected:  # same lines, other line endings or final newlines
+        endings = ("'\\n' line ends, one at the end of the file",)
+        found.append(Difference("REPORT.md", len(found_lines), endings, ("other line ends",)))
     return found
 
 
 def check(report_path: Path = REPORT_PATH, chapter_dir: Path = CHAPTER_DIR) -> list[Difference]:
     if not report_path.exists():
-        return [Difference(str(report_path), 1, "the assembled report", "no file")]
+        return [Difference(str(report_path), 1, ("the assembled report",), ("no file",))]
     return differences(report_path.read_text(encoding="utf-8"), chapter_dir)
 
 
