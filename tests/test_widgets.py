@@ -275,13 +275,22 @@ def test_short_ppo_run_trains_and_feeds_the_explorer(tiny_base_lm, tiny_profile)
     policy, tokenizer = tiny_base_lm
     train = [r["prompt"] for r in load_dataset_rows("rl_prompts_train", tiny_profile)]
     test = [r["prompt"] for r in load_dataset_rows("rl_prompts_test", tiny_profile)]
-    proxy = text_reward_fn(lambda text: -rw.word_count(text) / 5, tokenizer)  # shorter is better: quick to learn
+    threads_seen = []
+
+    def shorter_is_better(text):  # quick to learn; also notes how many threads the run uses
+        threads_seen.append(torch.get_num_threads())
+        return -rw.word_count(text) / 5
+
+    proxy = text_reward_fn(shorter_is_better, tokenizer)
     ppo = PPOConfig(batch_size=16, num_minibatches=2, response_length=16, lr=3e-3)
     run = dataclasses.replace(SHORT_RUN, total_episodes=64, batch_size=16, eval_prompts=8, temperature=1.0)
     before = {k: v.clone() for k, v in policy.state_dict().items()}
     train_fn = functools.partial(short_ppo_run, policy, proxy, tokenizer, train, test, ppo, run=run)
 
+    torch.set_num_threads(2)
     record = train_fn(0.0)
+    assert set(threads_seen) == {1} and torch.get_num_threads() == 2  # one thread while it ran, then restored
+    torch.set_num_threads(1)  # as conftest sets it
     assert record["beta"] == 0.0 and record["temperature"] == 1.0 and record["eval_prompts"] == 8
     assert [row["episode"] for row in record["log"]] == [16, 32, 48, 64]
     assert all(set(LOG_KEYS) <= set(row) for row in record["log"])
@@ -292,6 +301,8 @@ def test_short_ppo_run_trains_and_feeds_the_explorer(tiny_base_lm, tiny_profile)
     assert all(torch.equal(before[k], v) for k, v in policy.state_dict().items())  # the input is untouched
     with pytest.raises(ValueError, match="betas"):
         train_fn(-1.0)
+    with pytest.raises(ValueError, match="num_threads must be None or an int >= 1, got 0"):
+        train_fn(0.0, num_threads=0)
 
     explorer = KLExplorer([record], train_fn=train_fn)
     explorer.train.click()

@@ -25,6 +25,7 @@ import time
 from typing import Callable, Sequence
 
 import ipywidgets as widgets
+import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
@@ -136,8 +137,8 @@ def render_samples(texts: Sequence[str]) -> str:
 # The KL coefficient: browse the precomputed sweep, and train a short run at the chosen beta
 # ---------------------------------------------------------------------------------------------------------
 # A short run of one's own: 16 updates of 32 episodes, evaluated once at the end on 32 held-out prompts.
-# With the course models it takes about 14 s of CPU time (measured with one thread, the evaluations
-# included), inside the 30 s a student should wait on a 2-core CPU. Many small updates move the policy
+# With the course models it takes about 14 s of CPU time on one thread (see short_ppo_run), evaluations
+# included, inside the 30 s a student should wait on a 2-core CPU. Many small updates move the policy
 # further per episode than a few large ones, so the run already shows what beta does: at temperature 1,
 # beta = 0 ends ungrammatical with the proxy up and the gold reward down, beta = 0.1 with both up.
 # The temperature is left to the caller: pass the precomputed sweep's to compare like with like.
@@ -151,13 +152,19 @@ LOG_KEYS = ("episode", "objective/scores", "objective/gold_reward", "objective/k
 
 def short_ppo_run(policy: nn.Module, proxy_fn: RewardFn, tokenizer: PreTrainedTokenizerBase,
                   train_prompts: Sequence[str], eval_prompts: Sequence[str], ppo: PPOConfig, beta: float,
-                  run: SweepConfig = SHORT_RUN, seed: int = 0, value_model: nn.Module | None = None) -> dict:
+                  run: SweepConfig = SHORT_RUN, seed: int = 0, value_model: nn.Module | None = None,
+                  num_threads: int | None = 1) -> dict:
     """One short PPO run at ``beta`` from a copy of ``policy`` against ``proxy_fn``, evaluated at its end.
 
     It is the sweep's run (:func:`utils.evaluation.kl_sweep` with the single beta), so it trains and is
     evaluated exactly as the precomputed runs were, only shorter: ``run`` sets the length, batch size,
     temperature (None: ``ppo``'s) and how many of ``eval_prompts`` the evaluation samples; ``ppo`` every
     other hyperparameter. ``policy`` is not modified; the reference is a frozen copy of it.
+
+    ``num_threads`` sets torch's CPU threads for the run (restored afterwards; None: leave them). One thread,
+    the default, is about as fast as two for models this small, and unlike two it does not slow down several
+    fold when something else keeps the cores busy (measured on a loaded 2-core machine: 16-20 s against
+    40-90 s).
 
     Returns the sweep's record for that beta (final metrics, ``log`` with one row per update, ``samples``,
     ``checkpoints``, ``train_seconds``), plus ``eval_prompts``, the number of held-out prompts evaluated.
@@ -166,8 +173,16 @@ def short_ppo_run(policy: nn.Module, proxy_fn: RewardFn, tokenizer: PreTrainedTo
     eval_prompts = list(eval_prompts)[:run.eval_prompts]
     sampling = SamplingConfig(max_new_tokens=ppo.response_length, temperature=ppo.temperature,
                               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    [record] = kl_sweep(policy, proxy_fn, tokenizer, train_prompts, eval_prompts, ppo, run, sampling, seed=seed,
-                        value_model=value_model)
+    if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
+                                    or num_threads < 1):
+        raise ValueError(f"short_ppo_run: num_threads must be None or an int >= 1, got {num_threads!r}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(num_threads or threads)
+    try:
+        [record] = kl_sweep(policy, proxy_fn, tokenizer, train_prompts, eval_prompts, ppo, run, sampling, seed=seed,
+                            value_model=value_model)
+    finally:
+        torch.set_num_threads(threads)
     return {**record, "eval_prompts": len(eval_prompts)}
 
 
