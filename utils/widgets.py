@@ -101,9 +101,9 @@ class DecodingExplorer:
         """Recompute the distribution and the samples for the current controls, and redraw both panes."""
         knobs = {"temperature": self.temperature.value, "top_k": self.top_k.value, "top_p": self.top_p.value}
         self.table = next_token_table(self.model, self.tokenizer, self.prompt.value, top_n=self.top_n, **knobs)
-        self.texts, _ = sample_texts(self.model, self.tokenizer, self.num_samples, do_sample=self.mode.value == "sample",
-                                     max_new_tokens=self.max_new_tokens, prompt=self.prompt.value, seed=self.seed,
-                                     **knobs)
+        self.texts, _ = sample_texts(self.model, self.tokenizer, self.num_samples,
+                                     do_sample=self.mode.value == "sample", max_new_tokens=self.max_new_tokens,
+                                     prompt=self.prompt.value, seed=self.seed, **knobs)
         self.distribution.value = render_distribution(self.table, greedy=self.mode.value == "greedy")
         self.samples.value = render_samples(self.texts)
 
