@@ -39,6 +39,16 @@ def results_dir() -> Path:
     return Path(root) if root else Path(__file__).resolve().parents[1] / "results"
 
 
+def run_dir(seed: int | None = None) -> Path:
+    """Where one run's outputs go (``metrics.json``, ``samples.md``, ``figures/``): ``results/`` for run seed 0,
+    ``results/seed-N/`` for run seed N (default: ``$RLHF_SEED``). The cached artifacts of every seed share
+    ``results/artifacts/``, since their keys already differ."""
+    from utils.seed import run_seed
+
+    seed = run_seed() if seed is None else seed
+    return results_dir() if seed == 0 else results_dir() / f"seed-{seed}"
+
+
 def config_key(config: Any) -> str:
     """A short stable hash of a (nested) dataclass or JSON-able value."""
     if dataclasses.is_dataclass(config):

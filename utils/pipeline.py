@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from utils.artifacts import atomic_write_json, results_dir
+from utils.artifacts import atomic_write_json, read_json_or_reset, run_dir
 from utils.profiles import Profile, get_profile
-from utils.seed import configure_threads
+from utils.seed import configure_threads, run_seed
 from utils.stages.data import data_metrics, tokenizer_metrics
 from utils.stages.evaluation import eval_metrics
 from utils.stages.lm import lm_metrics
@@ -44,8 +44,13 @@ STAGES: dict[str, Callable[[Profile], dict]] = {
 DEFAULT_STAGES = tuple(STAGES)
 
 
-def metrics_path() -> Path:
-    return results_dir() / "metrics.json"
+class StageError(RuntimeError):
+    """A stage failed while it ran (not a bad command line): names the stage; the cause is chained."""
+
+
+def metrics_path(seed: int | None = None) -> Path:
+    """``metrics.json`` of run seed ``seed`` (default ``$RLHF_SEED``): ``results/`` or ``results/seed-N/``."""
+    return run_dir(seed) / "metrics.json"
 
 
 def update_metrics(new: dict, stage: str | None = None) -> dict:
@@ -55,7 +60,7 @@ def update_metrics(new: dict, stage: str | None = None) -> dict:
     reports (say, after a config change) does not linger beside the fresh ones.
     """
     path = metrics_path()
-    metrics = json.loads(path.read_text()) if path.is_file() else {}
+    metrics = read_json_or_reset(path)  # a corrupt file is moved aside with a warning, not an error every run
     if stage is not None:
         metrics = {k: v for k, v in metrics.items() if not k.startswith(f"{stage}.")}
     metrics.update(new)
@@ -64,18 +69,29 @@ def update_metrics(new: dict, stage: str | None = None) -> dict:
 
 
 def run(stages: list[str] | None = None, profile_name: str | None = None) -> dict:
-    """Run ``stages`` (default: ``DEFAULT_STAGES``) in order, and return the merged metrics."""
+    """Run ``stages`` (default: ``DEFAULT_STAGES``) in order, and return the merged metrics.
+
+    Bad arguments raise ``ValueError`` before anything runs; a stage that fails raises :class:`StageError`
+    naming the stage, with the original exception (and its traceback) chained.
+    """
     profile = get_profile(profile_name)
-    stages = stages or list(DEFAULT_STAGES)
+    stages = list(DEFAULT_STAGES) if stages is None else list(stages)
+    if not stages:
+        raise ValueError(f"no stages given; name one or more of {list(STAGES)}, or leave --stages out to run all")
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; choose from {list(STAGES)}")
-    configure_threads()
+    threads = configure_threads()
+    logger.info("profile %s, run seed %d, %d thread(s); outputs in %s", profile.name, run_seed(), threads, run_dir())
     metrics = {}
     for stage in stages:
         start = time.perf_counter()
         logger.info("stage %s ...", stage)
-        metrics = update_metrics({**STAGES[stage](profile), "profile": profile.name}, stage=stage)
+        try:
+            new = STAGES[stage](profile)
+        except Exception as err:
+            raise StageError(f"stage {stage!r} failed: {type(err).__name__}: {err}") from err
+        metrics = update_metrics({**new, "profile": profile.name, "seed": run_seed()}, stage=stage)
         logger.info("stage %s done in %.1f s", stage, time.perf_counter() - start)
     return metrics
 
@@ -87,10 +103,19 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"stages to run, from {list(STAGES)} (default: {list(DEFAULT_STAGES)})")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    try:
-        metrics = run(args.stages, args.profile)
+    try:  # usage errors: the arguments and the environment, checked before any stage runs
+        get_profile(args.profile)
+        configure_threads()
+        if args.stages is not None and not args.stages:
+            raise ValueError(f"--stages needs at least one stage name from {list(STAGES)}")
     except ValueError as err:
         parser.error(str(err))
+    try:
+        metrics = run(args.stages, args.profile)
+    except StageError as err:  # the whole traceback (file and line of the cause), then one line saying which stage
+        logger.exception("%s", err)
+        print(f"pipeline: {err}", file=sys.stderr)
+        return 1
     print(json.dumps(metrics, indent=2, sort_keys=True))
     return 0
 

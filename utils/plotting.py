@@ -5,7 +5,7 @@ from pathlib import Path
 
 import matplotlib
 
-from utils.artifacts import results_dir
+from utils.artifacts import run_dir
 
 
 def use_headless_backend_if_needed() -> None:
@@ -15,8 +15,9 @@ def use_headless_backend_if_needed() -> None:
 
 
 def save_figure(fig, name: str, folder: str | Path | None = None) -> Path:
-    """Save ``fig`` as ``results/figures/<name>.png`` (or under ``folder``) at a size fit for REPORT.md."""
-    folder = Path(folder) if folder is not None else results_dir() / "figures"
+    """Save ``fig`` as ``<run folder>/figures/<name>.png`` (``results/figures/``, or ``results/seed-N/figures/``
+    for run seed N; see :func:`utils.artifacts.run_dir`), or under ``folder``, at a size fit for REPORT.md."""
+    folder = Path(folder) if folder is not None else run_dir() / "figures"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.png"
     fig.savefig(path, dpi=110, bbox_inches="tight")

@@ -19,6 +19,7 @@ from utils.language_model import LMConfig, LMTrainConfig
 from utils.ppo import PPOConfig
 from utils.review_world import GrammarConfig
 from utils.reward_model import RewardModelConfig
+from utils.seed import run_seed
 from utils.sft import SFTConfig
 from utils.tokenizer import TokenizerConfig
 
@@ -110,9 +111,34 @@ PROFILES: dict[str, Profile] = {
 }
 
 
-def get_profile(name: str | None = None) -> Profile:
-    """The profile called ``name`` (default: ``$RLHF_PROFILE`` or ``course``)."""
+SEED_STRIDE = 1_000
+"""How far apart two run seeds put each config's seed. Wider than any offset a stage adds to its own seed
+(the data stage uses seed + 1 ... seed + 8), so no dataset of one run seed is a dataset of another."""
+
+
+def with_run_seed(profile: Profile, run_seed: int) -> Profile:
+    """``profile`` with every stage config's ``seed`` shifted by ``run_seed * SEED_STRIDE``.
+
+    Run seed 0 is the profile itself (so its artifacts keep their cache keys); run seed N changes every
+    dataset, initialisation, batch order and sample at once, as another machine would, and gives every
+    artifact a key of its own, so several run seeds share ``results/artifacts/`` side by side.
+    """
+    if not isinstance(run_seed, int) or isinstance(run_seed, bool) or run_seed < 0:
+        raise ValueError(f"run seed must be an int >= 0, got {run_seed!r}")
+    if run_seed == 0:
+        return profile
+    changes = {}
+    for f in dataclasses.fields(profile):
+        config = getattr(profile, f.name)
+        if dataclasses.is_dataclass(config) and "seed" in {g.name for g in dataclasses.fields(config)}:
+            changes[f.name] = dataclasses.replace(config, seed=config.seed + run_seed * SEED_STRIDE)
+    return dataclasses.replace(profile, **changes)
+
+
+def get_profile(name: str | None = None, seed: int | None = None) -> Profile:
+    """The profile called ``name`` (default: ``$RLHF_PROFILE`` or ``course``) for run seed ``seed``
+    (default: ``$RLHF_SEED`` or 0; see :func:`with_run_seed`)."""
     name = name or os.environ.get("RLHF_PROFILE", "course")
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
-    return PROFILES[name]
+    return with_run_seed(PROFILES[name], run_seed() if seed is None else seed)

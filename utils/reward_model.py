@@ -560,7 +560,8 @@ def length_bias(scores: Sequence[float], gold: Sequence[float], words: Sequence[
 
 def preference_probabilities(model: nn.Module, pairs: Sequence[tuple[list[int], list[int]]], pad_id: int,
                              batch_size: int = 128) -> np.ndarray:
-    """sigmoid(r_chosen - r_rejected) for each encoded pair."""
+    """sigmoid(r_chosen - r_rejected) for each encoded pair (longer pairs cut as :func:`truncate_pairs` does)."""
+    pairs, _ = _truncate_and_report(pairs, model_positions(model), "preference_probabilities")
     model.eval()
     out = []
     with torch.no_grad():
@@ -570,12 +571,32 @@ def preference_probabilities(model: nn.Module, pairs: Sequence[tuple[list[int], 
     return torch.cat(out).numpy()
 
 
+def expected_accuracy(model_probs: Sequence[float], true_probs: Sequence[float]) -> float:
+    """Mean probability that an annotator agrees with the model on each pair.
+
+    ``model_probs[i]`` is the model's P(chosen preferred), ``true_probs[i]`` the annotator's. Where the model
+    picks the labelled chosen side (p > 1/2) an annotator agrees with probability ``true_probs[i]``, else
+    ``1 - true_probs[i]``; a tie (p = 1/2 exactly) counts as a coin flip. This is the accuracy the model
+    would score averaged over every way the labels could have fallen, the same expectation that
+    :func:`utils.review_world.bayes_optimal_accuracy` takes, so the two compare like with like.
+    """
+    model_probs, true_probs = np.asarray(model_probs, dtype=float), np.asarray(true_probs, dtype=float)
+    if model_probs.shape != true_probs.shape or model_probs.ndim != 1 or len(model_probs) == 0:
+        raise ValueError(f"expected two equal-length, non-empty 1-d sequences, got shapes {model_probs.shape} "
+                         f"and {true_probs.shape}")
+    agree = np.where(model_probs > 0.5, true_probs, 1.0 - true_probs)
+    agree = np.where(model_probs == 0.5, 0.5, agree)
+    return float(agree.mean())
+
+
 def evaluate_reward_model(model: nn.Module, tokenizer: PreTrainedTokenizerBase, rows: Sequence[dict],
                           annotator: rw.AnnotatorConfig, n_bins: int = 10) -> tuple[dict, dict]:
     """Held-out metrics of a reward model on labelled pairs ``rows``; returns (flat metrics, details).
 
-    Metrics: ``heldout_accuracy``, ``bayes_optimal_accuracy`` (what the annotators' own probabilities
-    would score), ``spearman_vs_gold`` (on every distinct text), ``ece`` and ``ece_bayes`` (the ECE of the
+    Metrics: ``heldout_accuracy`` (agreement with the sampled labels), ``heldout_expected_accuracy`` (the
+    same, in expectation over the annotators' coin flips: on each pair, the probability that an annotator
+    agrees with the model's choice), ``bayes_optimal_accuracy`` (what the annotators' own probabilities
+    would score, also in expectation: so the gap between the two is free of label noise), ``spearman_vs_gold`` (on every distinct text), ``ece`` and ``ece_bayes`` (the ECE of the
     annotators' true probabilities: the floor set by having finitely many pairs), and the length-bias fit.
     Details: the reliability bins and the per-text scores, for plots.
     """
@@ -590,6 +611,7 @@ def evaluate_reward_model(model: nn.Module, tokenizer: PreTrainedTokenizerBase, 
     fit = length_bias(scores, gold, words)
     metrics = {
         "heldout_accuracy": float((probs > 0.5).mean()),
+        "heldout_expected_accuracy": expected_accuracy(probs, true_probs),
         "bayes_optimal_accuracy": rw.bayes_optimal_accuracy(rows, annotator),
         "spearman_vs_gold": spearman(scores, gold),
         "ece": reliability["ece"],

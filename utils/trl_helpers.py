@@ -8,7 +8,6 @@ the same silence.
 from __future__ import annotations
 
 import contextlib
-import os
 import warnings
 from typing import Iterator
 
@@ -46,7 +45,6 @@ def offline_cpu_training_args(batch_size: int, seed: int) -> dict:
     (and slow) for a 1M-parameter model on a CPU. We save the final model ourselves, so the trainer saves
     nothing, and it reports to nothing (no wandb/tensorboard).
     """
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # TRL pings the hub when a trainer starts
     return dict(
         per_device_train_batch_size=batch_size, per_device_eval_batch_size=batch_size,
         use_cpu=True, bf16=False, fp16=False, activation_checkpointing=False,

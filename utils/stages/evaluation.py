@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from utils.artifacts import (atomic_write_json, atomic_write_text, get_or_build, read_jsonl, read_meta, results_dir,
+from utils.artifacts import (atomic_write_json, atomic_write_text, get_or_build, read_jsonl, read_meta, run_dir,
                              write_jsonl)
 from utils.evaluation import (METRICS, evaluate_policy, kl_sweep, pairwise_outcomes, plot_overoptimisation,
                               samples_table, sampling_config, sweep_run_config, sweep_summary, sweep_table,
@@ -137,7 +137,7 @@ def eval_metrics(profile: Profile) -> dict:
                           [ppo_samples[i]["proxy_reward"] for i in rows])
     records = load_sweep(profile)
     summary = read_meta(sweep_dir(profile))
-    atomic_write_text(results_dir() / "samples.md", _samples_markdown(meta, table, records))
+    atomic_write_text(run_dir() / "samples.md", _samples_markdown(meta, table, records))
 
     for name, fig in (("10_ppo_dashboard", plot_dashboard(read_log(ppo_dir(profile)))),
                       ("11_overoptimisation", plot_overoptimisation(records))):
