@@ -2,6 +2,7 @@
 normalised scores), with TRL's ``RewardTrainer`` and a BERT-style encoder beside it if configured."""
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -74,7 +75,10 @@ def rm_dir(profile: Profile | None = None) -> Path:
         if config.train_encoder:  # BERT-style CLS head, from scratch
             encoder = build_encoder_reward_model(config, tokenizer, lm.config.n_positions, seed=config.seed)
             start = time.perf_counter()
-            logs["encoder"] = train_reward_model(encoder, train, test, pad, config, lr=config.encoder_lr)
+            encoder_schedule = dataclasses.replace(config, steps=config.encoder_steps,
+                                                   batch_size=config.encoder_batch_size,
+                                                   warmup_steps=min(config.warmup_steps, config.encoder_steps - 1))
+            logs["encoder"] = train_reward_model(encoder, train, test, pad, encoder_schedule, lr=config.encoder_lr)
             meta["encoder_train_seconds"] = time.perf_counter() - start
             meta["encoder_heldout_accuracy"] = evaluate_pairs(encoder, test, pad)["accuracy"]
             meta["encoder_train_accuracy"] = evaluate_pairs(encoder, train, pad)["accuracy"]
