@@ -20,7 +20,7 @@ FINISHED := 00_setup_and_tour 01_self_attention 02_transformer_architecture \
             09_rl_basics_and_ppo 10_ppo_rlhf 11_evaluation_and_reward_hacking
 NOTEBOOKS := $(foreach n,$(FINISHED),notebooks/$(n).ipynb notebooks/solutions/$(n)_solutions.ipynb)
 
-.PHONY: setup run test unit notebooks bench lint freeze clean report
+.PHONY: setup run test unit notebooks bench lint seeds freeze clean report
 
 setup: $(STAMP)
 
@@ -51,6 +51,17 @@ notebooks: setup
 
 bench: setup
 	$(PY) -m utils.bench
+
+# Linter and formatter check (ruff, pinned in requirements.txt; settings in pyproject.toml).
+lint: setup
+	$(PY) -m ruff check utils tests
+	$(PY) -m ruff format --check utils tests
+
+# How much the numbers vary: the pipeline on seeds 0-2 (artifacts side by side in results/), seed 0 again
+# on another thread count, then results/seed_study.{json,md}. Opt-in: about 40 minutes on 2 cores.
+SEEDS ?= 0 1 2
+seeds: setup
+	$(PY) -m utils.seed_study --seeds $(SEEDS) --threads-check 0
 
 # REPORT.md is generated from the chapters in docs/report/ (see utils/report.py). Standard library only,
 # so the bootstrap Python suffices and no install is needed.

@@ -1,4 +1,5 @@
 """Shared test set-up: offline, seeded, small thread count, results in a temporary folder."""
+
 from __future__ import annotations
 
 import os

@@ -5,6 +5,7 @@ Run as ``python -m torch.distributed.run --standalone --nproc_per_node 2 tests/p
 models are 2-layer GPT-2s of width 16 over 32 tokens; what matters is that any number of processes
 makes the same updates.
 """
+
 from __future__ import annotations
 
 import copy
@@ -22,19 +23,49 @@ VOCAB, EOS, PAD = 32, 0, 1
 # reward whitening and running score normalisation; minibatches whose rows are split unevenly between the
 # processes; the value head and the separate value model.
 CONFIGS = {
-    "head": PPOConfig(total_episodes=32, batch_size=16, num_minibatches=4, ppo_epochs=2, generation_batch_size=4,
-                      response_length=10, lr=3e-3, whiten_rewards=True, normalize_scores=True,
-                      missing_eos_penalty=0.5),
-    "model": PPOConfig(total_episodes=32, batch_size=16, num_minibatches=2, ppo_epochs=2, generation_batch_size=8,
-                       response_length=10, lr=3e-3, value_model="model", kl_estimator="k3", adaptive_kl=True,
-                       kl_horizon=100),
+    "head": PPOConfig(
+        total_episodes=32,
+        batch_size=16,
+        num_minibatches=4,
+        ppo_epochs=2,
+        generation_batch_size=4,
+        response_length=10,
+        lr=3e-3,
+        whiten_rewards=True,
+        normalize_scores=True,
+        missing_eos_penalty=0.5,
+    ),
+    "model": PPOConfig(
+        total_episodes=32,
+        batch_size=16,
+        num_minibatches=2,
+        ppo_epochs=2,
+        generation_batch_size=8,
+        response_length=10,
+        lr=3e-3,
+        value_model="model",
+        kl_estimator="k3",
+        adaptive_kl=True,
+        kl_horizon=100,
+    ),
 }
 
 
 def gpt2_config() -> GPT2Config:
-    return GPT2Config(vocab_size=VOCAB, n_positions=32, n_embd=16, n_layer=2, n_head=2, resid_pdrop=0.0,
-                      embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=EOS, eos_token_id=EOS, pad_token_id=PAD,
-                      num_labels=1)
+    return GPT2Config(
+        vocab_size=VOCAB,
+        n_positions=32,
+        n_embd=16,
+        n_layer=2,
+        n_head=2,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=EOS,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+        num_labels=1,
+    )
 
 
 def run(name: str) -> dict:
@@ -45,10 +76,13 @@ def run(name: str) -> dict:
     reward_model = GPT2ForSequenceClassification(gpt2_config()).requires_grad_(False)
     value_model = copy.deepcopy(reward_model).requires_grad_(True) if config.value_model == "model" else None
     generator = torch.Generator().manual_seed(0)
-    prompts = [[EOS] + torch.randint(2, VOCAB, (int(n),), generator=generator).tolist()
-               for n in torch.randint(1, 6, (48,), generator=generator)]
-    trainer = PPOTrainer(config, policy, copy.deepcopy(policy), reward_model_fn(reward_model), prompts, PAD, EOS,
-                         value_model=value_model)
+    prompts = [
+        [EOS] + torch.randint(2, VOCAB, (int(n),), generator=generator).tolist()
+        for n in torch.randint(1, 6, (48,), generator=generator)
+    ]
+    trainer = PPOTrainer(
+        config, policy, copy.deepcopy(policy), reward_model_fn(reward_model), prompts, PAD, EOS, value_model=value_model
+    )
     log = trainer.train(progress=False)
     return {"state": trainer.model.state_dict(), "log": log, "world_size": Processes.current().world_size}
 

@@ -1,4 +1,5 @@
 """Cached artifacts: built once, written atomically, partial or corrupt copies detected and rebuilt."""
+
 from __future__ import annotations
 
 import json
@@ -25,6 +26,7 @@ def _builder(calls):
         calls.append(folder)
         (folder / "numbers.json").write_text(json.dumps(list(range(3))))
         return {"seconds": 1.5}
+
     return build
 
 
@@ -45,8 +47,15 @@ def test_key_depends_on_config(results):
     assert artifacts.config_key(ToyConfig(3)) == artifacts.config_key({"size": 3})
 
 
-DAMAGES = ["truncate", "delete_manifest", "extra_file", "garbage_manifest", "non_utf8_manifest", "list_manifest",
-           "files_not_a_dict"]
+DAMAGES = [
+    "truncate",
+    "delete_manifest",
+    "extra_file",
+    "garbage_manifest",
+    "non_utf8_manifest",
+    "list_manifest",
+    "files_not_a_dict",
+]
 
 
 def _damage(folder, damage):
@@ -103,8 +112,10 @@ def test_concurrent_builders_build_once(results):
         (folder / "x.txt").write_text("x")
 
     folders = []
-    threads = [threading.Thread(target=lambda: folders.append(
-        artifacts.get_or_build("toy", ToyConfig(9), slow_build))) for _ in range(3)]
+    threads = [
+        threading.Thread(target=lambda: folders.append(artifacts.get_or_build("toy", ToyConfig(9), slow_build)))
+        for _ in range(3)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -177,9 +188,17 @@ def test_a_live_build_in_another_process_keeps_its_folder(results):
     final = artifacts.artifact_dir("toy", ToyConfig())
     lock = final.parent / f".{final.name}.lock"  # the lock get_or_build holds while it builds `final`
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1], 'w'); fcntl.flock(f, fcntl.LOCK_EX); "
-                               "print('locked', flush=True); sys.stdin.read()", str(lock)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys; f = open(sys.argv[1], 'w'); fcntl.flock(f, fcntl.LOCK_EX); "
+            "print('locked', flush=True); sys.stdin.read()",
+            str(lock),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         assert artifacts.remove_stale_builds(tmp.parent) == [] and tmp.exists()
@@ -213,8 +232,9 @@ def test_without_a_readable_manifest_everything_is_moved_aside(results):
     (folder / "notes.txt").write_text("my notes")
     artifacts.get_or_build("toy", ToyConfig(), _builder(calls))
     [aside] = list((results / "artifacts" / artifacts.ORPHANED).iterdir())
-    assert sorted(p.name for p in aside.iterdir()) == sorted([artifacts.MANIFEST, "config.json", "notes.txt",
-                                                              "numbers.json"])
+    assert sorted(p.name for p in aside.iterdir()) == sorted(
+        [artifacts.MANIFEST, "config.json", "notes.txt", "numbers.json"]
+    )
     # A second time in the same second gets its own folder.
     (folder / "notes.txt").write_text("more notes")
     (folder / "numbers.json").write_text("[]")

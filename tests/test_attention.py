@@ -1,4 +1,5 @@
 """Attention against PyTorch's own implementations (F.scaled_dot_product_attention, nn.MultiheadAttention)."""
+
 from __future__ import annotations
 
 import pytest
@@ -75,8 +76,12 @@ def test_masked_keys_get_zero_weight_and_fully_masked_rows_give_zeros():
 def test_mask_helpers_shapes_and_validation():
     cm = causal_mask(4)
     assert cm.shape == (1, 1, 4, 4) and cm.dtype == torch.bool
-    assert cm[0, 0].tolist() == [[True, False, False, False], [True, True, False, False],
-                                 [True, True, True, False], [True, True, True, True]]
+    assert cm[0, 0].tolist() == [
+        [True, False, False, False],
+        [True, True, False, False],
+        [True, True, True, False],
+        [True, True, True, True],
+    ]
     pm = padding_mask(torch.tensor([[1, 1, 0]]))
     assert pm.shape == (1, 1, 1, 3) and pm.flatten().tolist() == [True, True, False]
     assert combine_masks(None, None) is None
@@ -127,9 +132,7 @@ def test_cross_attention_matches_torch_multihead_attention():
     reference = nn.MultiheadAttention(C, N_HEADS, batch_first=True).eval()
     ours = _copy_from_torch(reference, AttentionConfig(d_model=C, n_heads=N_HEADS))
     x, context = torch.randn(2, 3, C), torch.randn(2, T, C)  # 3 queries read 5 context tokens
-    ref_out, ref_w = reference(
-        x, context, context, key_padding_mask=RIGHT_PADDED == 0, average_attn_weights=False
-    )
+    ref_out, ref_w = reference(x, context, context, key_padding_mask=RIGHT_PADDED == 0, average_attn_weights=False)
     out, w = ours(x, context=context, mask=padding_mask(RIGHT_PADDED), return_weights=True)
     assert out.shape == (2, 3, C) and w.shape == (2, N_HEADS, 3, T)
     torch.testing.assert_close(out, ref_out)

@@ -10,6 +10,7 @@ stage's key did; the tokenizer, LM and SFT model are the same models under new n
 They pin the cache: changing a config default or a key on purpose must update them here, in the same
 commit, so that the change is visible in review.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,19 +19,49 @@ import pytest
 
 from utils import artifacts
 from utils.profiles import get_profile
-from utils.stages import (base_lm_dir, data_dir, eval_dir, ppo_dir, rm_dir, sft_dir, sweep_dir,
-                          tokenizer_dir)
+from utils.stages import base_lm_dir, data_dir, eval_dir, ppo_dir, rm_dir, sft_dir, sweep_dir, tokenizer_dir
 
-FOLDERS = {"data": data_dir, "tokenizer": tokenizer_dir, "lm": base_lm_dir, "sft": sft_dir, "rm": rm_dir,
-           "ppo": ppo_dir, "eval": eval_dir, "kl_sweep": sweep_dir}
+FOLDERS = {
+    "data": data_dir,
+    "tokenizer": tokenizer_dir,
+    "lm": base_lm_dir,
+    "sft": sft_dir,
+    "rm": rm_dir,
+    "ppo": ppo_dir,
+    "eval": eval_dir,
+    "kl_sweep": sweep_dir,
+}
 
 PINNED = {
-    "course": {"data": "data-8d42a207c22a", "tokenizer": "tokenizer-a339604ca70e", "lm": "lm-a0b7aaa7acd0", "sft": "sft-9cf228352282", "rm": "rm-6abb70531111", "ppo": "ppo-0b88dd334071", "eval": "eval-78dd8cee5f9e", "kl_sweep": "kl_sweep-152bc16f4594"},
-    "tiny": {"data": "data-e627ab23a4f1", "tokenizer": "tokenizer-5cbe574f5be8", "lm": "lm-806e67369d60", "sft": "sft-25b997ed214c", "rm": "rm-4751611586de", "ppo": "ppo-e00173115a47", "eval": "eval-5f58375a10cb", "kl_sweep": "kl_sweep-214654c41fb2"},
+    "course": {
+        "data": "data-8d42a207c22a",
+        "tokenizer": "tokenizer-a339604ca70e",
+        "lm": "lm-a0b7aaa7acd0",
+        "sft": "sft-9cf228352282",
+        "rm": "rm-6abb70531111",
+        "ppo": "ppo-0b88dd334071",
+        "eval": "eval-78dd8cee5f9e",
+        "kl_sweep": "kl_sweep-152bc16f4594",
+    },
+    "tiny": {
+        "data": "data-e627ab23a4f1",
+        "tokenizer": "tokenizer-5cbe574f5be8",
+        "lm": "lm-806e67369d60",
+        "sft": "sft-25b997ed214c",
+        "rm": "rm-4751611586de",
+        "ppo": "ppo-e00173115a47",
+        "eval": "eval-5f58375a10cb",
+        "kl_sweep": "kl_sweep-214654c41fb2",
+    },
 }
 # The reward model's other starting point (the base LM instead of the SFT model) takes the other
 # branch of the rm key, and everything downstream of it.
-PINNED_RM_FROM_BASE = {"rm": "rm-d0889abe750f", "ppo": "ppo-a23852d6d68b", "eval": "eval-5f345e61e024", "kl_sweep": "kl_sweep-9ab951cb8650"}
+PINNED_RM_FROM_BASE = {
+    "rm": "rm-d0889abe750f",
+    "ppo": "ppo-a23852d6d68b",
+    "eval": "eval-5f345e61e024",
+    "kl_sweep": "kl_sweep-9ab951cb8650",
+}
 
 
 class _WouldBuild(Exception):

@@ -1,4 +1,5 @@
 """REINFORCE and PPO on CartPole-v1: they must actually learn, and the same seed must give the same run."""
+
 from __future__ import annotations
 
 import math

@@ -10,6 +10,7 @@ an error that names ``ClassName.field``, what is allowed, and the value given. T
   added later without a check fails here;
 * every config's defaults construct, and every field is documented by a docstring under it.
 """
+
 from __future__ import annotations
 
 import ast
@@ -41,10 +42,30 @@ from utils.transformer import BlockConfig, EncoderDecoderConfig, EncoderOnlyConf
 
 UTILS = Path(__file__).resolve().parents[1] / "utils"
 
-CONFIGS = (AttentionConfig, BenchConfig, CartPolePPOConfig, REINFORCEConfig, SamplingConfig, EvalConfig,
-           HealthThresholds, SweepConfig, LMConfig, LMTrainConfig, PPOConfig, DataConfig, Profile, AnnotatorConfig,
-           GrammarConfig, RewardModelConfig, SFTConfig, TokenizerConfig, BlockConfig, EncoderDecoderConfig,
-           EncoderOnlyConfig, GPTConfig)
+CONFIGS = (
+    AttentionConfig,
+    BenchConfig,
+    CartPolePPOConfig,
+    REINFORCEConfig,
+    SamplingConfig,
+    EvalConfig,
+    HealthThresholds,
+    SweepConfig,
+    LMConfig,
+    LMTrainConfig,
+    PPOConfig,
+    DataConfig,
+    Profile,
+    AnnotatorConfig,
+    GrammarConfig,
+    RewardModelConfig,
+    SFTConfig,
+    TokenizerConfig,
+    BlockConfig,
+    EncoderDecoderConfig,
+    EncoderOnlyConfig,
+    GPTConfig,
+)
 REQUIRED = {Profile: {"name": "test"}}  # fields without a default
 
 
@@ -57,9 +78,11 @@ def config_classes_in_source() -> set[tuple[str, str]]:
     found = set()
     for path in UTILS.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ClassDef) and any(
-                    "dataclass" in ast.unparse(d) for d in node.decorator_list) and (
-                    node.name.endswith(("Config", "Thresholds")) or node.name == "Profile"):
+            if (
+                isinstance(node, ast.ClassDef)
+                and any("dataclass" in ast.unparse(d) for d in node.decorator_list)
+                and (node.name.endswith(("Config", "Thresholds")) or node.name == "Profile")
+            ):
                 found.add((path.stem, node.name))
     return found
 
@@ -80,41 +103,90 @@ def test_defaults_construct(cls):
 # ------------------------------------------------------------------------------------------------
 BAD = [
     # issue 12: each of these used to be accepted
-    (RewardModelConfig, "grad_clip", -1), (RewardModelConfig, "min_lr_ratio", -5),
-    (RewardModelConfig, "lr", math.nan), (RewardModelConfig, "lr", math.inf),
-    (RewardModelConfig, "weight_decay", -1), (RewardModelConfig, "seed", -1), (RewardModelConfig, "shuffle", "no"),
-    (RewardModelConfig, "steps", 2.5), (RewardModelConfig, "betas", (2, 3)), (LMTrainConfig, "grad_clip", -1),
+    (RewardModelConfig, "grad_clip", -1),
+    (RewardModelConfig, "min_lr_ratio", -5),
+    (RewardModelConfig, "lr", math.nan),
+    (RewardModelConfig, "lr", math.inf),
+    (RewardModelConfig, "weight_decay", -1),
+    (RewardModelConfig, "seed", -1),
+    (RewardModelConfig, "shuffle", "no"),
+    (RewardModelConfig, "steps", 2.5),
+    (RewardModelConfig, "betas", (2, 3)),
+    (LMTrainConfig, "grad_clip", -1),
     (SamplingConfig, "temperature", math.inf),
     # ranges
-    (RewardModelConfig, "min_lr_ratio", 1.5), (RewardModelConfig, "betas", (0.9,)),
+    (RewardModelConfig, "min_lr_ratio", 1.5),
+    (RewardModelConfig, "betas", (0.9,)),
     (RewardModelConfig, "betas", (0.9, 1.0)),
-    (RewardModelConfig, "margin", -0.1), (RewardModelConfig, "init", "random"),
+    (RewardModelConfig, "margin", -0.1),
+    (RewardModelConfig, "init", "random"),
     (RewardModelConfig, "encoder_n_embd", 30),
-    (LMTrainConfig, "min_lr_ratio", -0.1), (LMTrainConfig, "lr", 0.0), (LMTrainConfig, "weight_decay", -0.1),
-    (LMTrainConfig, "betas", (0.9, -0.1)), (LMTrainConfig, "warmup_steps", -1), (LMTrainConfig, "seed", -1),
-    (LMConfig, "dropout", 1.0), (LMConfig, "n_embd", 30),
-    (SFTConfig, "grad_clip", 0.0), (SFTConfig, "warmup_ratio", 1.0), (SFTConfig, "lora_dropout", -0.1),
-    (SFTConfig, "lr_scheduler", "cosine_annealing"), (SFTConfig, "lora_target_modules", ()),
-    (SFTConfig, "betas", (1.0, 0.95)), (SFTConfig, "seed", -1), (SFTConfig, "epochs", math.inf),
-    (SamplingConfig, "temperature", 0.0), (SamplingConfig, "top_p", 0.0), (SamplingConfig, "top_p", 1.5),
-    (SamplingConfig, "top_k", -1), (SamplingConfig, "max_new_tokens", 0),
-    (PPOConfig, "clip_range", 1.0), (PPOConfig, "gamma", 1.5), (PPOConfig, "kl_coef", -0.1),
-    (PPOConfig, "temperature", math.inf), (PPOConfig, "total_episodes", 32), (PPOConfig, "batch_size", 63),
-    (SweepConfig, "betas", ()), (SweepConfig, "betas", (0.1, 0.0)), (SweepConfig, "betas", (-0.1, 0.0)),
-    (SweepConfig, "temperature", 0.0), (EvalConfig, "seed", -1), (EvalConfig, "max_new_tokens", 0),
-    (HealthThresholds, "tail", 0.0), (HealthThresholds, "min_eos_rate", 1.5), (HealthThresholds, "max_kl", -1.0),
-    (DataConfig, "lm_train_size", 0), (DataConfig, "seed", -1), (Profile, "name", ""),
-    (Profile, "grammar_samples", 0), (Profile, "ppo", RewardModelConfig()),
-    (GrammarConfig, "sentence_count_probs", (0.5, 0.6)), (GrammarConfig, "clause_form_probs", (0.5, 0.5)),
-    (GrammarConfig, "closing_prob", 1.5), (AnnotatorConfig, "temperature", 0.0), (AnnotatorConfig, "seed", -1),
-    (TokenizerConfig, "vocab_size", 100), (TokenizerConfig, "min_frequency", 0),
-    (AttentionConfig, "d_model", 10), (AttentionConfig, "dropout", 1.0), (AttentionConfig, "rotary_base", 0.0),
-    (BlockConfig, "activation", "swish"), (BlockConfig, "layer_norm_eps", 0.0), (BlockConfig, "d_ff", 0),
-    (GPTConfig, "n_embd", 100), (EncoderOnlyConfig, "dropout", -0.1), (EncoderDecoderConfig, "activation", "tanh"),
-    (CartPolePPOConfig, "clip_coef", 1.0), (CartPolePPOConfig, "target_kl", 0.0),
+    (LMTrainConfig, "min_lr_ratio", -0.1),
+    (LMTrainConfig, "lr", 0.0),
+    (LMTrainConfig, "weight_decay", -0.1),
+    (LMTrainConfig, "betas", (0.9, -0.1)),
+    (LMTrainConfig, "warmup_steps", -1),
+    (LMTrainConfig, "seed", -1),
+    (LMConfig, "dropout", 1.0),
+    (LMConfig, "n_embd", 30),
+    (SFTConfig, "grad_clip", 0.0),
+    (SFTConfig, "warmup_ratio", 1.0),
+    (SFTConfig, "lora_dropout", -0.1),
+    (SFTConfig, "lr_scheduler", "cosine_annealing"),
+    (SFTConfig, "lora_target_modules", ()),
+    (SFTConfig, "betas", (1.0, 0.95)),
+    (SFTConfig, "seed", -1),
+    (SFTConfig, "epochs", math.inf),
+    (SamplingConfig, "temperature", 0.0),
+    (SamplingConfig, "top_p", 0.0),
+    (SamplingConfig, "top_p", 1.5),
+    (SamplingConfig, "top_k", -1),
+    (SamplingConfig, "max_new_tokens", 0),
+    (PPOConfig, "clip_range", 1.0),
+    (PPOConfig, "gamma", 1.5),
+    (PPOConfig, "kl_coef", -0.1),
+    (PPOConfig, "temperature", math.inf),
+    (PPOConfig, "total_episodes", 32),
+    (PPOConfig, "batch_size", 63),
+    (SweepConfig, "betas", ()),
+    (SweepConfig, "betas", (0.1, 0.0)),
+    (SweepConfig, "betas", (-0.1, 0.0)),
+    (SweepConfig, "temperature", 0.0),
+    (EvalConfig, "seed", -1),
+    (EvalConfig, "max_new_tokens", 0),
+    (HealthThresholds, "tail", 0.0),
+    (HealthThresholds, "min_eos_rate", 1.5),
+    (HealthThresholds, "max_kl", -1.0),
+    (DataConfig, "lm_train_size", 0),
+    (DataConfig, "seed", -1),
+    (Profile, "name", ""),
+    (Profile, "grammar_samples", 0),
+    (Profile, "ppo", RewardModelConfig()),
+    (GrammarConfig, "sentence_count_probs", (0.5, 0.6)),
+    (GrammarConfig, "clause_form_probs", (0.5, 0.5)),
+    (GrammarConfig, "closing_prob", 1.5),
+    (AnnotatorConfig, "temperature", 0.0),
+    (AnnotatorConfig, "seed", -1),
+    (TokenizerConfig, "vocab_size", 100),
+    (TokenizerConfig, "min_frequency", 0),
+    (AttentionConfig, "d_model", 10),
+    (AttentionConfig, "dropout", 1.0),
+    (AttentionConfig, "rotary_base", 0.0),
+    (BlockConfig, "activation", "swish"),
+    (BlockConfig, "layer_norm_eps", 0.0),
+    (BlockConfig, "d_ff", 0),
+    (GPTConfig, "n_embd", 100),
+    (EncoderOnlyConfig, "dropout", -0.1),
+    (EncoderDecoderConfig, "activation", "tanh"),
+    (CartPolePPOConfig, "clip_coef", 1.0),
+    (CartPolePPOConfig, "target_kl", 0.0),
     (CartPolePPOConfig, "num_minibatches", 3),
-    (REINFORCEConfig, "baseline", "critic"), (REINFORCEConfig, "gamma", 1.1), (REINFORCEConfig, "value_coef", -1.0),
-    (BenchConfig, "vocab_size", 2), (BenchConfig, "value_model", "critic"), (BenchConfig, "n_embd", 30),
+    (REINFORCEConfig, "baseline", "critic"),
+    (REINFORCEConfig, "gamma", 1.1),
+    (REINFORCEConfig, "value_coef", -1.0),
+    (BenchConfig, "vocab_size", 2),
+    (BenchConfig, "value_model", "critic"),
+    (BenchConfig, "n_embd", 30),
 ]
 
 
@@ -130,8 +202,9 @@ def test_message_says_what_is_allowed_and_what_was_given():
     assert str(caught.value) == "RewardModelConfig.grad_clip must be a finite number > 0, got -1"
     with pytest.raises(ValueError) as caught:
         RewardModelConfig(betas=(2, 3))
-    assert str(caught.value) == ("RewardModelConfig.betas must be a tuple of 2 finite numbers, each in [0, 1), "
-                                 "got (2, 3)")
+    assert str(caught.value) == (
+        "RewardModelConfig.betas must be a tuple of 2 finite numbers, each in [0, 1), got (2, 3)"
+    )
     with pytest.raises(ValueError) as caught:
         SamplingConfig(pad_token_id=True)
     assert str(caught.value) == "SamplingConfig.pad_token_id must be None or an int >= 0, got True"
@@ -167,8 +240,12 @@ def wrong_values(annotation) -> list:
     raise AssertionError(f"no wrong values for annotation {annotation!r}: extend wrong_values")
 
 
-GENERATED = [(cls, f.name, value) for cls in CONFIGS for f in dataclasses.fields(cls)
-             for value in wrong_values(typing.get_type_hints(cls)[f.name])]
+GENERATED = [
+    (cls, f.name, value)
+    for cls in CONFIGS
+    for f in dataclasses.fields(cls)
+    for value in wrong_values(typing.get_type_hints(cls)[f.name])
+]
 
 
 @pytest.mark.parametrize("cls, field, value", GENERATED, ids=lambda v: getattr(v, "__name__", repr(v)))
@@ -184,8 +261,14 @@ def test_every_field_rejects_a_value_of_the_wrong_type(cls, field, value):
 def test_every_field_has_a_docstring_under_it(cls):
     (node,) = ast.parse(inspect.getsource(cls)).body
     body = node.body
-    undocumented = [stmt.target.id for stmt, following in zip(body, body[1:] + [None])
-                    if isinstance(stmt, ast.AnnAssign)
-                    and not (isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
-                             and isinstance(following.value.value, str))]
+    undocumented = [
+        stmt.target.id
+        for stmt, following in zip(body, body[1:] + [None])
+        if isinstance(stmt, ast.AnnAssign)
+        and not (
+            isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
+        )
+    ]
     assert not undocumented, f"{cls.__name__}: fields without a docstring under them: {undocumented}"

@@ -4,6 +4,7 @@ The key claim: with the same settings and `torch.manual_seed`, `utils.decoding.g
 tokens `model.generate` returns (greedy, temperature, top-k, top-p, all three, left-padded batches, EOS),
 and the processed logits it samples from are exactly transformers' `output_scores`.
 """
+
 from __future__ import annotations
 
 import math
@@ -54,8 +55,15 @@ def model_and_eos():
     """
     set_seed(0)
     config = GPT2Config(
-        n_layer=2, n_head=2, n_embd=32, vocab_size=VOCAB, n_positions=64, initializer_range=0.2,
-        bos_token_id=PAD, eos_token_id=PAD, pad_token_id=PAD,
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        vocab_size=VOCAB,
+        n_positions=64,
+        initializer_range=0.2,
+        bos_token_id=PAD,
+        eos_token_id=PAD,
+        pad_token_id=PAD,
     )
     model = GPT2LMHeadModel(config).eval()  # eval: dropout would change logits and consume RNG
     with torch.no_grad():
@@ -81,10 +89,22 @@ def _prompts(eos: int, left_padded: bool) -> tuple[torch.Tensor, torch.Tensor | 
 def _hf_generate(model, ids, mask, config: SamplingConfig, **extra):
     """`model.generate` with every knob set explicitly, so no default processor (top_k=50, ...) sneaks in."""
     generation_config = GenerationConfig(
-        max_new_tokens=config.max_new_tokens, do_sample=config.do_sample, temperature=config.temperature,
-        top_k=config.top_k, top_p=config.top_p, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id,
-        num_beams=1, repetition_penalty=1.0, no_repeat_ngram_size=0, min_length=0, typical_p=1.0,
-        epsilon_cutoff=0.0, eta_cutoff=0.0, renormalize_logits=False, remove_invalid_values=False,
+        max_new_tokens=config.max_new_tokens,
+        do_sample=config.do_sample,
+        temperature=config.temperature,
+        top_k=config.top_k,
+        top_p=config.top_p,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
+        num_beams=1,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        min_length=0,
+        typical_p=1.0,
+        epsilon_cutoff=0.0,
+        eta_cutoff=0.0,
+        renormalize_logits=False,
+        remove_invalid_values=False,
     )
     return model.generate(ids, attention_mask=mask, generation_config=generation_config, **extra)
 
@@ -233,7 +253,7 @@ def test_eos_stops_early_and_pads_like_transformers(model_and_eos):
     torch.manual_seed(seed)
     assert torch.equal(out.sequences, _hf_generate(model, ids, mask, config))
 
-    new = out.sequences[:, ids.size(1):]  # (B, N)
+    new = out.sequences[:, ids.size(1) :]  # (B, N)
     eos_step = (new == eos).int().argmax(dim=1)  # first EOS of each row
     steps = torch.arange(new.size(1))
     assert (new == eos).any(dim=1).all()  # it stopped because every row finished...
@@ -268,7 +288,9 @@ def test_left_padding_does_not_change_a_row(model_and_eos):
     assert torch.equal(padded[0, 3:], alone[0])
     torch.testing.assert_close(
         next_token_distribution(model, ids, attention_mask=mask)[0],
-        next_token_distribution(model, ids[0, 3:]), rtol=1e-5, atol=1e-6,
+        next_token_distribution(model, ids[0, 3:]),
+        rtol=1e-5,
+        atol=1e-6,
     )
 
 
@@ -280,7 +302,7 @@ def test_greedy_logprobs_are_the_plain_softmax(model_and_eos):
     with torch.no_grad():
         logits = model(out.sequences).logits[:, ids.size(1) - 1 : -1]  # (B, N, V) logits that chose each new token
     torch.testing.assert_close(out.scores, logits, rtol=1e-5, atol=1e-5)  # cached decoding = full recompute
-    expected = F.log_softmax(logits, -1).gather(-1, out.sequences[:, ids.size(1):, None]).squeeze(-1)
+    expected = F.log_softmax(logits, -1).gather(-1, out.sequences[:, ids.size(1) :, None]).squeeze(-1)
     torch.testing.assert_close(out.logprobs, expected, rtol=1e-5, atol=1e-5)
 
 

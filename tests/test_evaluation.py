@@ -3,6 +3,7 @@
 Tiny random GPT-2 models and the tiny profile's tokenizer: the numbers mean nothing, the bookkeeping is
 what is tested. The end-to-end stage test builds the tiny pipeline's SFT, RM and PPO artifacts (slow).
 """
+
 from __future__ import annotations
 
 import math
@@ -30,14 +31,27 @@ def tokenizer(tiny_profile):
 def random_lm(tokenizer, seed: int) -> GPT2LMHeadModel:
     """A tiny (2 layers, width 32) randomly initialised GPT-2 over the course vocabulary."""
     torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2,
-                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                        pad_token_id=tokenizer.pad_token_id)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=64,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     return GPT2LMHeadModel(config).eval()
 
 
-PROMPTS = ["the acting was", "i", "the plot was very good, but", "although the music was", "the ending felt",
-           "the cast was"]
+PROMPTS = [
+    "the acting was",
+    "i",
+    "the plot was very good, but",
+    "although the music was",
+    "the ending felt",
+    "the cast was",
+]
 
 
 def words_over_ten(text: str) -> float:  # a transparent stand-in for the reward model
@@ -45,18 +59,24 @@ def words_over_ten(text: str) -> float:  # a transparent stand-in for the reward
 
 
 def sampling(tokenizer, max_new_tokens: int = 12, temperature: float = 1.0) -> SamplingConfig:
-    return SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature,
-                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return SamplingConfig(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
 
 
 # ------------------------------------------------------------------------------------------------
 # Win rate
 # ------------------------------------------------------------------------------------------------
 def test_win_rate_by_hand_with_ties():
-    a = ["the acting was great.",  # gold +0.8 vs -1.0: A wins
-         "the plot was awful.",  # -1.0 vs +0.8: A loses
-         "the music was good the",  # ungrammatical (-2) vs ungrammatical (-2): tie
-         "the cast was good."]  # identical: tie
+    a = [
+        "the acting was great.",  # gold +0.8 vs -1.0: A wins
+        "the plot was awful.",  # -1.0 vs +0.8: A loses
+        "the music was good the",  # ungrammatical (-2) vs ungrammatical (-2): tie
+        "the cast was good.",
+    ]  # identical: tie
     b = ["the acting was awful.", "the plot was great.", "plot the", "the cast was good."]
     assert rw.gold_reward(a[0]) > rw.gold_reward(b[0]) and rw.gold_reward(a[1]) < rw.gold_reward(b[1])
     assert ev.pairwise_outcomes(a, b) == (1, 2, 1)
@@ -115,8 +135,9 @@ def test_kl_is_zero_against_itself(tokenizer):
 def test_metrics_match_review_world(tokenizer):
     policy = random_lm(tokenizer, seed=2)
     proxy = text_reward_fn(words_over_ten, tokenizer)
-    means, samples = ev.evaluate_policy(policy, random_lm(tokenizer, 5), proxy, tokenizer, PROMPTS * 2,
-                                        sampling(tokenizer), seed=0, batch_size=5)
+    means, samples = ev.evaluate_policy(
+        policy, random_lm(tokenizer, 5), proxy, tokenizer, PROMPTS * 2, sampling(tokenizer), seed=0, batch_size=5
+    )
     for prompt, s in zip(PROMPTS * 2, samples):
         text = s["prompt"] + s["response"]
         assert s["prompt"] == prompt
@@ -132,19 +153,32 @@ def test_metrics_match_review_world(tokenizer):
     assert means["eos_rate"] == pytest.approx(sum(s["eos"] for s in samples) / n)
     assert means["length_words"] == pytest.approx(sum(s["length_words"] for s in samples) / n)
     assert means["proxy_reward_se"] == pytest.approx(
-        torch.tensor([s["proxy_reward"] for s in samples]).std().item() / math.sqrt(n), rel=1e-5)
+        torch.tensor([s["proxy_reward"] for s in samples]).std().item() / math.sqrt(n), rel=1e-5
+    )
     # The same seed gives the same samples.
-    again, _ = ev.evaluate_policy(policy, random_lm(tokenizer, 5), proxy, tokenizer, PROMPTS * 2,
-                                  sampling(tokenizer), seed=0, batch_size=5)
+    again, _ = ev.evaluate_policy(
+        policy, random_lm(tokenizer, 5), proxy, tokenizer, PROMPTS * 2, sampling(tokenizer), seed=0, batch_size=5
+    )
     assert again == means
 
 
 def test_summarise_hand_made_samples():
     texts = [("the acting was", " great."), ("the plot was", " awful."), ("the music", " was was")]
-    samples = [{"gold_reward": rw.gold_reward(p + r), "proxy_reward": x, "kl": k, "kl_k3": k, "entropy": 1.0,
-                "positive": rw.is_positive(p + r), "grammatical": rw.is_grammatical(p + r),
-                "length_words": rw.word_count(r), "length_tokens": 2, "eos": e}
-               for (p, r), x, k, e in zip(texts, [1.0, 2.0, 3.0], [0.0, 1.0, 2.0], [True, True, False])]
+    samples = [
+        {
+            "gold_reward": rw.gold_reward(p + r),
+            "proxy_reward": x,
+            "kl": k,
+            "kl_k3": k,
+            "entropy": 1.0,
+            "positive": rw.is_positive(p + r),
+            "grammatical": rw.is_grammatical(p + r),
+            "length_words": rw.word_count(r),
+            "length_tokens": 2,
+            "eos": e,
+        }
+        for (p, r), x, k, e in zip(texts, [1.0, 2.0, 3.0], [0.0, 1.0, 2.0], [True, True, False])
+    ]
     means = ev.summarise(samples)
     assert means["gold_reward"] == pytest.approx((0.8 - 1.0 - 2.0) / 3)
     assert means["positive_fraction"] == pytest.approx(1 / 3)
@@ -157,8 +191,9 @@ def test_summarise_hand_made_samples():
 def test_evaluate_policy_rejects_filtered_sampling(tokenizer):
     policy = random_lm(tokenizer, seed=0)
     proxy = text_reward_fn(words_over_ten, tokenizer)
-    config = SamplingConfig(max_new_tokens=4, top_k=5, eos_token_id=tokenizer.eos_token_id,
-                            pad_token_id=tokenizer.pad_token_id)
+    config = SamplingConfig(
+        max_new_tokens=4, top_k=5, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
     with pytest.raises(ValueError, match="pure sampling"):
         ev.evaluate_policy(policy, policy, proxy, tokenizer, PROMPTS, config)
     with pytest.raises(ValueError, match="prompts is empty"):
@@ -169,8 +204,15 @@ def test_evaluate_policy_rejects_filtered_sampling(tokenizer):
 # Tables
 # ------------------------------------------------------------------------------------------------
 def test_samples_table_format():
-    table = ev.samples_table(["the acting was", "i"], [" great.", " loved | it"], [" superb.", ""],
-                             [0.8, -2.0], [1.0, -2.0], [0.123, -1.0], [2.5, 0.0])
+    table = ev.samples_table(
+        ["the acting was", "i"],
+        [" great.", " loved | it"],
+        [" superb.", ""],
+        [0.8, -2.0],
+        [1.0, -2.0],
+        [0.123, -1.0],
+        [2.5, 0.0],
+    )
     lines = table.strip().split("\n")
     assert len(lines) == 2 + 2  # header, separator, one row per prompt
     assert lines[0] == ("| # | prompt | SFT response | SFT gold | SFT proxy | PPO response | PPO gold | PPO proxy |")
@@ -224,11 +266,13 @@ def test_sweep_one_record_per_beta_and_kl_falls_with_beta(tiny_base_lm, tiny_pro
     # Reward for short answers: learnt in a few updates, so beta = 0 drifts far and a large beta holds it back.
     proxy = text_reward_fn(lambda text: -rw.word_count(text) / 5, tokenizer)
     ppo = PPOConfig(batch_size=16, num_minibatches=2, response_length=16, lr=3e-3, total_episodes=128)
-    sweep = ev.SweepConfig(betas=(0.0, 1.0, 10.0), total_episodes=128, batch_size=16, evaluations=2,
-                           eval_prompts=32, samples_kept=3)
+    sweep = ev.SweepConfig(
+        betas=(0.0, 1.0, 10.0), total_episodes=128, batch_size=16, evaluations=2, eval_prompts=32, samples_kept=3
+    )
     before = {k: v.clone() for k, v in policy.state_dict().items()}
-    records = ev.kl_sweep(policy, proxy, tokenizer, train, test, ppo, sweep,
-                          sampling(tokenizer, 16, temperature=0.5), seed=0)
+    records = ev.kl_sweep(
+        policy, proxy, tokenizer, train, test, ppo, sweep, sampling(tokenizer, 16, temperature=0.5), seed=0
+    )
     start, _ = ev.evaluate_policy(policy, policy, proxy, tokenizer, test[:32], sampling(tokenizer, 16), seed=0)
 
     assert [r["beta"] for r in records] == [0.0, 1.0, 10.0]
@@ -275,11 +319,21 @@ def test_plots_draw(tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
-    log = [{"episode": 16 * (i + 1), "objective/scores": i, "objective/gold_reward": -i, "objective/rlhf_reward": i,
-            "objective/kl": i / 2} for i in range(3)]
+    log = [
+        {
+            "episode": 16 * (i + 1),
+            "objective/scores": i,
+            "objective/gold_reward": -i,
+            "objective/rlhf_reward": i,
+            "objective/kl": i / 2,
+        }
+        for i in range(3)
+    ]
     metrics = {k: 0.0 for k in ev.METRICS}
-    records = [{"beta": b, **metrics, "log": log,
-                "checkpoints": [{**metrics, "kl": float(k)} for k in range(3)]} for b in (0.0, 0.1)]
+    records = [
+        {"beta": b, **metrics, "log": log, "checkpoints": [{**metrics, "kl": float(k)} for k in range(3)]}
+        for b in (0.0, 0.1)
+    ]
     fig = ev.plot_overoptimisation(records)
     assert len(fig.axes) == 3 and len(fig.axes[0].lines) == 2
     fig = ev.plot_run(records[0])
@@ -288,8 +342,14 @@ def test_plots_draw(tmp_path):
 
 def test_health_report_flags_what_went_wrong():
     def row(kl, entropy, length, eos, clipfrac, ev_):
-        return {"objective/kl": kl, "objective/entropy": entropy, "val/response_length": length,
-                "val/eos_fraction": eos, "policy/clipfrac_avg": clipfrac, "val/explained_variance": ev_}
+        return {
+            "objective/kl": kl,
+            "objective/entropy": entropy,
+            "val/response_length": length,
+            "val/eos_fraction": eos,
+            "policy/clipfrac_avg": clipfrac,
+            "val/explained_variance": ev_,
+        }
 
     healthy = [row(0.0, 40.0, 20.0, 1.0, 0.05, 0.1)] + [row(4.0, 35.0, 22.0, 0.98, 0.1, 0.6)] * 9
     assert all(r["ok"] for r in ev.health_report(healthy))

@@ -1,4 +1,5 @@
 """Base LM training pieces: the schedule, the NLL bookkeeping, and the tiny pipeline end to end."""
+
 from __future__ import annotations
 
 import math
@@ -7,8 +8,16 @@ import pytest
 import torch
 
 from utils import review_world as rw
-from utils.language_model import (LMConfig, LMTrainConfig, build_model, collate, encode_reviews, get_lr,
-                                  nll_per_review, sequence_nll)
+from utils.language_model import (
+    LMConfig,
+    LMTrainConfig,
+    build_model,
+    collate,
+    encode_reviews,
+    get_lr,
+    nll_per_review,
+    sequence_nll,
+)
 
 
 def test_lr_schedule_warmup_then_cosine():
@@ -49,15 +58,21 @@ def test_untrained_model_is_near_uniform(tiny_profile):
     tokens = sum(len(s) - 1 for s in sequences) / len(sequences)
     # A random init predicts roughly uniformly: NLL per review ~ tokens * log(V).
     assert nll_per_review(model, sequences, tokenizer.pad_token_id) == pytest.approx(
-        tokens * math.log(len(tokenizer)), rel=0.05)
+        tokens * math.log(len(tokenizer)), rel=0.05
+    )
 
 
 def test_tiny_pipeline_trains_and_reports(tiny_profile, tiny_base_lm):
     from utils.pipeline import run
 
     metrics = run(["data", "tokenizer", "lm"], "tiny")
-    for key in ("lm.params", "lm.train_seconds", "lm.val_nll_per_review", "lm.source_entropy_per_review",
-                "lm.grammatical_fraction"):
+    for key in (
+        "lm.params",
+        "lm.train_seconds",
+        "lm.val_nll_per_review",
+        "lm.source_entropy_per_review",
+        "lm.grammatical_fraction",
+    ):
         assert key in metrics
     model, tokenizer = tiny_base_lm
     assert metrics["lm.params"] == sum(p.numel() for p in model.parameters())

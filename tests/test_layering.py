@@ -12,6 +12,7 @@ One thing does not count: the import of a package's ``__init__`` that Python per
 (``import utils.stages.data`` runs ``utils/stages/__init__.py`` first). Counting it would make every
 package whose ``__init__`` re-exports its submodules a cycle by definition.
 """
+
 from __future__ import annotations
 
 import ast
@@ -24,8 +25,15 @@ UTILS = Path(__file__).resolve().parents[1] / "utils"
 # Layers, lowest first. A module may import modules of its own layer or below, never above.
 RUNNER = {"utils.pipeline"}  # runs the stages; nothing imports it
 PROFILES = {"utils.profiles"}  # gathers the concept modules' configs into named profiles
-STAGE_ORDER = ("utils.stages.profile", "utils.stages.data", "utils.stages.lm", "utils.stages.sft",
-               "utils.stages.rm", "utils.stages.ppo", "utils.stages.evaluation")
+STAGE_ORDER = (
+    "utils.stages.profile",
+    "utils.stages.data",
+    "utils.stages.lm",
+    "utils.stages.sft",
+    "utils.stages.rm",
+    "utils.stages.ppo",
+    "utils.stages.evaluation",
+)
 STAGES = {"utils.stages", *STAGE_ORDER}
 
 
@@ -65,7 +73,7 @@ def imports_of(path: Path, module: str, known: set[str]) -> list[tuple[str, int]
             base = node.module or ""
             if node.level:
                 anchor = module.split(".") if is_package else module.split(".")[:-1]
-                anchor = anchor[:len(anchor) - (node.level - 1)]
+                anchor = anchor[: len(anchor) - (node.level - 1)]
                 base = ".".join(anchor + ([base] if base else []))
             targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names]
         else:
@@ -162,15 +170,18 @@ def write_package(root: Path, files: dict[str, str]) -> Path:
 
 
 def test_checker_sees_imports_in_functions_and_type_checking_blocks(tmp_path):
-    package = write_package(tmp_path, {
-        "__init__.py": "",
-        "a.py": "from pkg import b\n",
-        "b.py": "def f():\n    from pkg.c import thing\n    return thing\n",
-        "c.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import pkg.a\nthing = 1\n",
-        "d.py": "from . import a\nfrom .sub import e\n",
-        "sub/__init__.py": "from pkg.sub.e import x\n",
-        "sub/e.py": "x = 1\n",
-    })
+    package = write_package(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "a.py": "from pkg import b\n",
+            "b.py": "def f():\n    from pkg.c import thing\n    return thing\n",
+            "c.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import pkg.a\nthing = 1\n",
+            "d.py": "from . import a\nfrom .sub import e\n",
+            "sub/__init__.py": "from pkg.sub.e import x\n",
+            "sub/e.py": "x = 1\n",
+        },
+    )
     graph = import_graph(package, "pkg")
     assert graph["pkg.a"] == {"pkg.b": 1}
     assert graph["pkg.b"] == {"pkg.c": 2}  # inside a function
@@ -179,9 +190,11 @@ def test_checker_sees_imports_in_functions_and_type_checking_blocks(tmp_path):
     assert graph["pkg.sub"] == {"pkg.sub.e": 1}  # the package's own re-export is no cycle
     cycles = find_cycles(graph)
     assert cycles == [["pkg.a", "pkg.b", "pkg.c", "pkg.a"]]
-    assert describe(cycles[0], graph).splitlines() == ["  pkg.a imports pkg.b (line 1)",
-                                                      "  pkg.b imports pkg.c (line 2)",
-                                                      "  pkg.c imports pkg.a (line 3)"]
+    assert describe(cycles[0], graph).splitlines() == [
+        "  pkg.a imports pkg.b (line 1)",
+        "  pkg.b imports pkg.c (line 2)",
+        "  pkg.c imports pkg.a (line 3)",
+    ]
 
 
 def test_checker_finds_no_cycle_in_a_one_way_package(tmp_path):
@@ -210,15 +223,23 @@ def test_no_import_cycle(graph):
 
 def test_no_module_imports_a_layer_above_it(graph):
     names = {0: "concept module", 1: "profiles", 2: "stage", 3: "runner"}
-    wrong = [f"  {module} ({names[layer(module)]}) imports {target} ({names[layer(target)]}), line {line}"
-             for module, edges in sorted(graph.items()) for target, line in sorted(edges.items())
-             if layer(target) > layer(module)]
-    assert not wrong, ("imports against the layering (concept < profiles < stages < runner); a concept "
-                       "function that needs a config takes the config, not a profile:\n" + "\n".join(wrong))
+    wrong = [
+        f"  {module} ({names[layer(module)]}) imports {target} ({names[layer(target)]}), line {line}"
+        for module, edges in sorted(graph.items())
+        for target, line in sorted(edges.items())
+        if layer(target) > layer(module)
+    ]
+    assert not wrong, (
+        "imports against the layering (concept < profiles < stages < runner); a concept "
+        "function that needs a config takes the config, not a profile:\n" + "\n".join(wrong)
+    )
 
 
 def test_a_stage_imports_only_the_stages_before_it(graph):
-    wrong = [f"  {module} imports {target}, line {line}"
-             for module in STAGE_ORDER for target, line in sorted(graph[module].items())
-             if target in STAGE_ORDER and STAGE_ORDER.index(target) > STAGE_ORDER.index(module)]
+    wrong = [
+        f"  {module} imports {target}, line {line}"
+        for module in STAGE_ORDER
+        for target, line in sorted(graph[module].items())
+        if target in STAGE_ORDER and STAGE_ORDER.index(target) > STAGE_ORDER.index(module)
+    ]
     assert not wrong, f"a stage may import only earlier stages ({' < '.join(STAGE_ORDER)}):\n" + "\n".join(wrong)

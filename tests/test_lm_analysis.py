@@ -1,4 +1,5 @@
 """LM measurement helpers against hand computations and transformers' own loss and generate."""
+
 from __future__ import annotations
 
 import math
@@ -93,8 +94,14 @@ def test_sample_texts_seeded_and_greedy_matches_transformers(tiny_base_lm):
 
     greedy, _ = sample_texts(model, tokenizer, 2, do_sample=False, prompt="the acting was", max_new_tokens=20)
     ids = torch.tensor([tokenizer("the acting was")["input_ids"]])
-    reference = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=20,
-                               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    reference = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        do_sample=False,
+        max_new_tokens=20,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     expected = tokenizer.decode(reference[0], skip_special_tokens=True)
     assert greedy == [expected, expected]
     with pytest.raises(ValueError, match="n must be an int >= 1"):

@@ -7,6 +7,7 @@ tokenizer and GPT-2, and runs one step of TRL's SFTTrainer and one of its Reward
 start is where the telemetry ping and the agent-registry fetch came from). A request that fails (no
 network here) is still seen: the hook fires before the lookup.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,10 +21,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 # What could switch the hub client on or off, or change what it is told: none of it may reach the child.
-CLEARED = ("TRANSFORMERS_OFFLINE", "DISABLE_TELEMETRY", "DO_NOT_TRACK", "RLHF_ALLOW_HUB",
-           "CI")  # TRL skips its ping on CI machines: clear it, or the check would pass there for the wrong reason
+CLEARED = (
+    "TRANSFORMERS_OFFLINE",
+    "DISABLE_TELEMETRY",
+    "DO_NOT_TRACK",
+    "RLHF_ALLOW_HUB",
+    "CI",
+)  # TRL skips its ping on CI machines: clear it, or the check would pass there for the wrong reason
 
-CHILD = r'''
+CHILD = r"""
 import ipaddress, json, sys, tempfile, threading
 
 events = []
@@ -85,17 +91,18 @@ waiter = threading.Thread(target=queue.join if queue else lambda: __import__("ti
 waiter.start()
 waiter.join(timeout=60)
 print("EVENTS " + json.dumps(events))
-'''
+"""
 
 
 def run_child(mode: str, **extra_env: str) -> list[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_") and k not in CLEARED}
     env.update(extra_env)
-    result = subprocess.run([sys.executable, "-c", CHILD, mode], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD, mode], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     [line] = [line for line in result.stdout.splitlines() if line.startswith("EVENTS ")]
-    return json.loads(line[len("EVENTS "):])
+    return json.loads(line[len("EVENTS ") :])
 
 
 @pytest.mark.parametrize("mode", ["utils-first", "hub-first"])

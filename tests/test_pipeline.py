@@ -1,4 +1,5 @@
 """The pipeline's contract: clear errors for bad names, metrics merged atomically, stages cached."""
+
 from __future__ import annotations
 
 import json
@@ -76,7 +77,7 @@ def test_each_run_seed_has_its_own_metrics_file(tiny_results, monkeypatch):
 
 def test_a_corrupt_metrics_file_is_set_aside_not_an_error_every_run(tiny_results):
     path = pipeline.metrics_path()
-    path.write_bytes(b"{\"a.x\": 1, \xff")
+    path.write_bytes(b'{"a.x": 1, \xff')
     assert pipeline.update_metrics({"b.y": 2}) == {"b.y": 2}
     assert json.loads(path.read_text()) == {"b.y": 2}
     assert list(path.parent.glob("metrics.json.corrupt-*"))
@@ -90,9 +91,12 @@ def test_run_seed_shifts_every_stage_seed_and_only_the_seeds():
     base = get_profile("course", seed=0)
     assert with_run_seed(base, 0) is base
     moved = get_profile("course", seed=2)
-    seeded = [f.name for f in dataclasses.fields(base)
-              if dataclasses.is_dataclass(getattr(base, f.name))
-              and "seed" in {g.name for g in dataclasses.fields(getattr(base, f.name))}]
+    seeded = [
+        f.name
+        for f in dataclasses.fields(base)
+        if dataclasses.is_dataclass(getattr(base, f.name))
+        and "seed" in {g.name for g in dataclasses.fields(getattr(base, f.name))}
+    ]
     assert {"data", "lm_train", "sft", "rm", "ppo", "evaluation"} <= set(seeded)
     for name in seeded:
         assert getattr(moved, name).seed == getattr(base, name).seed + 2 * SEED_STRIDE
@@ -102,7 +106,9 @@ def test_run_seed_shifts_every_stage_seed_and_only_the_seeds():
 
 def test_run_seed_comes_from_the_environment_and_names_it_when_bad(monkeypatch):
     monkeypatch.setenv("RLHF_SEED", "1")
-    assert get_profile("tiny").data.seed == get_profile("tiny", seed=1).data.seed != get_profile("tiny", seed=0).data.seed
+    assert (
+        get_profile("tiny").data.seed == get_profile("tiny", seed=1).data.seed != get_profile("tiny", seed=0).data.seed
+    )
     monkeypatch.setenv("RLHF_SEED", "-1")
     with pytest.raises(ValueError, match=r"RLHF_SEED=-1 must be >= 0"):
         get_profile("tiny")
@@ -112,8 +118,8 @@ def test_run_seed_comes_from_the_environment_and_names_it_when_bad(monkeypatch):
 
 
 def test_artifacts_of_different_run_seeds_do_not_share_a_key():
-    from utils.stages.ppo import ppo_key
     from utils.artifacts import config_key
+    from utils.stages.ppo import ppo_key
 
     keys = {config_key(ppo_key(get_profile("tiny", seed=s))) for s in (0, 1, 2)}
     assert len(keys) == 3

@@ -1,4 +1,5 @@
 """Positional encodings: hand-computed sinusoids, RoPE's relative-position and norm properties."""
+
 from __future__ import annotations
 
 import math

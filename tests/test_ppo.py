@@ -3,6 +3,7 @@
 Tiny: vocabulary 32, width 16, 2 layers; the numbers these models produce mean nothing, only the
 mechanics are tested: masks, rewards, temperature, gradients, checkpoints, and that PPO learns at all.
 """
+
 from __future__ import annotations
 
 import copy
@@ -16,8 +17,15 @@ from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadMo
 from utils.decoding import left_pad
 from utils.distributed import Processes, global_masked_whiten
 from utils.evaluation import response_logprobs
-from utils.ppo import (TRAIN_STATS, PolicyAndValue, PPOConfig, PPOTrainer, penalise_missing_eos, per_token_rewards,
-                       reward_model_fn)
+from utils.ppo import (
+    TRAIN_STATS,
+    PolicyAndValue,
+    PPOConfig,
+    PPOTrainer,
+    penalise_missing_eos,
+    per_token_rewards,
+    reward_model_fn,
+)
 from utils.ppo_logs import plot_dashboard, read_log, write_log
 from utils.ppo_losses import entropy_from_logits, logprobs_from_logits, masked_whiten
 from utils.rollout import sample_responses
@@ -27,9 +35,20 @@ TARGET = 7  # the token the toy reward asks for
 
 
 def tiny_config() -> GPT2Config:
-    return GPT2Config(vocab_size=VOCAB, n_positions=48, n_embd=16, n_layer=2, n_head=2, resid_pdrop=0.0,
-                      embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=EOS, eos_token_id=EOS, pad_token_id=PAD,
-                      num_labels=1)
+    return GPT2Config(
+        vocab_size=VOCAB,
+        n_positions=48,
+        n_embd=16,
+        n_layer=2,
+        n_head=2,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=EOS,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+        num_labels=1,
+    )
 
 
 def tiny_policy(seed: int = 0) -> GPT2LMHeadModel:
@@ -55,8 +74,16 @@ def random_prompts(n: int = 64, seed: int = 0) -> list[list[int]]:
 
 
 def small_config(**overrides) -> PPOConfig:
-    fields = dict(total_episodes=64, batch_size=16, num_minibatches=2, ppo_epochs=2, response_length=12,
-                  lr=3e-3, kl_coef=0.05, missing_eos_penalty=0.0)
+    fields = dict(
+        total_episodes=64,
+        batch_size=16,
+        num_minibatches=2,
+        ppo_epochs=2,
+        response_length=12,
+        lr=3e-3,
+        kl_coef=0.05,
+        missing_eos_penalty=0.0,
+    )
     fields.update(overrides)
     return PPOConfig(**fields)
 
@@ -77,12 +104,29 @@ def policy_params(trainer: PPOTrainer) -> dict[str, torch.Tensor]:
 # ------------------------------------------------------------------------------------------------
 # Configuration
 # ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("field, value", [
-    ("kl_coef", -0.1), ("clip_range", 0.0), ("clip_range", 1.0), ("clip_range", 1.5), ("temperature", 0.0),
-    ("gamma", 1.5), ("lam", -0.1), ("lr", 0.0), ("vf_coef", -1.0), ("lr_schedule", "step"),
-    ("value_model", "critic"), ("kl_estimator", "k2"), ("response_length", 0), ("clip_range_value", -0.2),
-    ("missing_eos_penalty", -1.0), ("generation_batch_size", 0), ("ppo_epochs", 0), ("use_lora", "yes"),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("kl_coef", -0.1),
+        ("clip_range", 0.0),
+        ("clip_range", 1.0),
+        ("clip_range", 1.5),
+        ("temperature", 0.0),
+        ("gamma", 1.5),
+        ("lam", -0.1),
+        ("lr", 0.0),
+        ("vf_coef", -1.0),
+        ("lr_schedule", "step"),
+        ("value_model", "critic"),
+        ("kl_estimator", "k2"),
+        ("response_length", 0),
+        ("clip_range_value", -0.2),
+        ("missing_eos_penalty", -1.0),
+        ("generation_batch_size", 0),
+        ("ppo_epochs", 0),
+        ("use_lora", "yes"),
+    ],
+)
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
         PPOConfig(**{field: value})
@@ -102,16 +146,31 @@ def test_trainer_rejects_inconsistent_setups():
     with pytest.raises(ValueError, match="exceeds the policy's context of 48"):
         PPOTrainer(too_long, policy, copy.deepcopy(policy), target_fraction, random_prompts(), PAD, EOS)
     with pytest.raises(ValueError, match="ref_policy=None"):
-        PPOTrainer(small_config(use_lora=True), policy, copy.deepcopy(policy), target_fraction, random_prompts(),
-                   PAD, EOS)
+        PPOTrainer(
+            small_config(use_lora=True), policy, copy.deepcopy(policy), target_fraction, random_prompts(), PAD, EOS
+        )
     with pytest.raises(ValueError, match="value_model"):
-        PPOTrainer(small_config(value_model="model"), policy, copy.deepcopy(policy), target_fraction,
-                   random_prompts(), PAD, EOS)
+        PPOTrainer(
+            small_config(value_model="model"),
+            policy,
+            copy.deepcopy(policy),
+            target_fraction,
+            random_prompts(),
+            PAD,
+            EOS,
+        )
     with pytest.raises(ValueError, match="pad_token_id must differ"):
         PPOTrainer(small_config(), policy, copy.deepcopy(policy), target_fraction, random_prompts(), EOS, EOS)
     with pytest.raises(ValueError, match="generation_batch_size"):
-        PPOTrainer(small_config(generation_batch_size=5), policy, copy.deepcopy(policy), target_fraction,
-                   random_prompts(), PAD, EOS)
+        PPOTrainer(
+            small_config(generation_batch_size=5),
+            policy,
+            copy.deepcopy(policy),
+            target_fraction,
+            random_prompts(),
+            PAD,
+            EOS,
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -165,8 +224,8 @@ def test_reward_model_fn_matches_the_classifier_on_unpadded_text():
     responses = torch.full((3, R), PAD)
     rmask = torch.zeros(3, R, dtype=torch.long)
     for i, (s, c) in enumerate(zip(sequences, context)):
-        responses[i, :len(s) - c] = torch.tensor(s[c:])
-        rmask[i, :len(s) - c] = 1
+        responses[i, : len(s) - c] = torch.tensor(s[c:])
+        rmask[i, : len(s) - c] = 1
     ours = reward_model_fn(reward_model)(torch.cat([prompts, responses], 1), torch.cat([qmask, rmask], 1), P)
     with torch.no_grad():
         reference = torch.stack([reward_model(torch.tensor([s])).logits[0, 0] for s in sequences])
@@ -217,7 +276,7 @@ def test_tokens_after_eos_and_prompt_padding_do_not_affect_the_loss():
     after_eos = ~batch.mask
     noise = torch.randint(2, VOCAB, batch.responses.shape, generator=torch.Generator().manual_seed(1))
     perturbed.responses = torch.where(after_eos, noise, batch.responses)
-    prompt_pad = batch.attention_mask[:, :batch.context_length] == 0
+    prompt_pad = batch.attention_mask[:, : batch.context_length] == 0
     queries = torch.where(prompt_pad, torch.randint(2, VOCAB, batch.queries.shape), batch.queries)
     perturbed.query_responses = torch.cat([queries, perturbed.responses], dim=1)
     for name in ("logprobs", "values", "advantages", "returns"):  # garbage where nothing may be read
@@ -245,8 +304,9 @@ def test_rollout_records_what_a_teacher_forced_forward_computes():
     T = 0.7
     prompts, mask = left_pad(random_prompts(8), PAD)
     assert (mask == 0).any()  # left padding is exercised
-    samples = sample_responses(model.policy, prompts, mask, 16, T, EOS, PAD, torch.Generator().manual_seed(0),
-                               model.value_head)
+    samples = sample_responses(
+        model.policy, prompts, mask, 16, T, EOS, PAD, torch.Generator().manual_seed(0), model.value_head
+    )
     assert (~samples.mask).any()  # and so is EOS
     P = prompts.shape[1]
     query_responses = torch.cat([prompts, samples.responses], dim=1)
@@ -269,8 +329,9 @@ def test_trainer_and_evaluation_compute_the_same_logprobs_bit_for_bit():
     trainer = make_trainer(small_config(temperature=0.7))
     batch, _ = trainer.collect_rollout(0, trainer.kl_controller.beta)
     with torch.no_grad():
-        evaluated = response_logprobs(trainer.ref_policy, batch.query_responses, batch.attention_mask,
-                                      batch.context_length, 0.7)
+        evaluated = response_logprobs(
+            trainer.ref_policy, batch.query_responses, batch.attention_mask, batch.context_length, 0.7
+        )
     assert torch.equal(evaluated[batch.mask], batch.ref_logprobs[batch.mask])
 
 
@@ -280,8 +341,13 @@ def test_sampler_draws_from_the_tempered_distribution():
     with torch.no_grad():
         policy.transformer.wte.weight *= 5  # spread the logits, so that the temperature matters
     prompt = torch.tensor([[EOS, 5, 9]])
-    sample = lambda seed: sample_responses(policy, prompt.expand(n, -1), torch.ones(n, 3, dtype=torch.long), 1, T,  # noqa: E731
-                                           EOS, PAD, torch.Generator().manual_seed(seed)).responses[:, 0]
+
+    def sample(seed):
+        mask = torch.ones(n, 3, dtype=torch.long)
+        return sample_responses(
+            policy, prompt.expand(n, -1), mask, 1, T, EOS, PAD, torch.Generator().manual_seed(seed)
+        ).responses[:, 0]
+
     tokens = sample(0)
     with torch.no_grad():
         logits = policy(prompt).logits[0, -1]
@@ -318,8 +384,10 @@ def test_global_whitening_with_one_process_is_masked_whiten():
     values = torch.randn(4, 6)
     mask = torch.arange(6)[None] < torch.tensor([[6], [3], [1], [5]])
     for shift in (True, False):
-        torch.testing.assert_close(global_masked_whiten(values, mask, Processes(), shift_mean=shift),
-                                   masked_whiten(values, mask, shift_mean=shift))
+        torch.testing.assert_close(
+            global_masked_whiten(values, mask, Processes(), shift_mean=shift),
+            masked_whiten(values, mask, shift_mean=shift),
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -328,8 +396,9 @@ def test_global_whitening_with_one_process_is_masked_whiten():
 def test_ppo_learns_to_emit_the_rewarded_token():
     """A random policy says TARGET ~1/32 of the time; PPO must make it the bulk of every response.
     A wrong sign, a broken mask or a ratio that ignores the new policy all leave it near 0.03."""
-    config = small_config(total_episodes=16 * 20, num_minibatches=2, ppo_epochs=4, lr=3e-3, kl_coef=0.01,
-                          response_length=8)
+    config = small_config(
+        total_episodes=16 * 20, num_minibatches=2, ppo_epochs=4, lr=3e-3, kl_coef=0.01, response_length=8
+    )
     trainer = make_trainer(config)
     log = trainer.train(progress=False)
     start = sum(r["objective/scores"] for r in log[:2]) / 2
@@ -339,8 +408,14 @@ def test_ppo_learns_to_emit_the_rewarded_token():
     assert log[-1]["objective/kl"] > 1.0  # it got there by moving away from the reference
 
 
-@pytest.mark.parametrize("overrides", [dict(value_model="model"), dict(use_lora=True, lora_r=2, lora_alpha=4, lr=1e-2),
-                                       dict(whiten_rewards=True, normalize_scores=True, kl_estimator="k3")])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(value_model="model"),
+        dict(use_lora=True, lora_r=2, lora_alpha=4, lr=1e-2),
+        dict(whiten_rewards=True, normalize_scores=True, kl_estimator="k3"),
+    ],
+)
 def test_variants_run_and_learn(overrides):
     config = small_config(total_episodes=16 * 6, ppo_epochs=4, response_length=8, **overrides)
     trainer = make_trainer(config)
@@ -375,7 +450,10 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     assert resumed.update == straight.update == 4
     for (name, a), b in zip(policy_params(straight).items(), policy_params(resumed).values()):
         torch.testing.assert_close(b, a, rtol=0, atol=0, msg=name)
-    keep = lambda row: {k: v for k, v in row.items() if not k.startswith("time/") and k not in ("eps", "tokens_per_second")}  # noqa: E731
+
+    def keep(row):
+        return {k: v for k, v in row.items() if not k.startswith("time/") and k not in ("eps", "tokens_per_second")}
+
     assert [keep(r) for r in resumed.log] == [keep(r) for r in straight.log]
     assert len(read_log(tmp_path / "resumed")) == 4
 
@@ -383,17 +461,37 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
 def test_log_has_trl_names_and_round_trips(tmp_path):
     trainer = make_trainer(small_config(total_episodes=32), gold_fn=target_fraction, output_dir=tmp_path)
     log = trainer.train(progress=False)
-    names = {"objective/kl", "objective/kl_k3", "objective/entropy", "objective/non_score_reward",
-             "objective/rlhf_reward", "objective/scores", "policy/approxkl_avg", "policy/clipfrac_avg",
-             "loss/policy_avg", "loss/value_avg", "val/clipfrac_avg", "val/ratio", "val/num_eos_tokens",
-             "policy/entropy_avg", "val/explained_variance", "eps", "tokens_per_second",
-             "objective/gold_reward", "beta"}
+    names = {
+        "objective/kl",
+        "objective/kl_k3",
+        "objective/entropy",
+        "objective/non_score_reward",
+        "objective/rlhf_reward",
+        "objective/scores",
+        "policy/approxkl_avg",
+        "policy/clipfrac_avg",
+        "loss/policy_avg",
+        "loss/value_avg",
+        "val/clipfrac_avg",
+        "val/ratio",
+        "val/num_eos_tokens",
+        "policy/entropy_avg",
+        "val/explained_variance",
+        "eps",
+        "tokens_per_second",
+        "objective/gold_reward",
+        "beta",
+    }
     assert names <= set(log[0])
     assert all(math.isfinite(log[-1][k]) for k in names)
     # rlhf_reward = score + non-score reward; the gold function here is the reward itself
     row = log[-1]
-    assert math.isclose(row["objective/rlhf_reward"], row["objective/scores"] + row["objective/non_score_reward"],
-                        rel_tol=1e-6, abs_tol=1e-6)
+    assert math.isclose(
+        row["objective/rlhf_reward"],
+        row["objective/scores"] + row["objective/non_score_reward"],
+        rel_tol=1e-6,
+        abs_tol=1e-6,
+    )
     assert math.isclose(row["objective/gold_reward"], row["objective/raw_scores"], rel_tol=1e-6)
     assert read_log(tmp_path / "log.json") == log
     header = (tmp_path / "log.csv").read_text().splitlines()[0].split(",")

@@ -1,4 +1,5 @@
 """The PPO building blocks against hand computations, slow reference loops and torch.distributions."""
+
 from __future__ import annotations
 
 import math

@@ -6,6 +6,7 @@ process and with 2 CPU processes (gloo) under each launcher, ``torch.distributed
 Skipped, with the reason, where processes cannot be launched or cannot talk to each other: the loopback
 is probed first (a network namespace without one made the launchers retry for minutes).
 """
+
 from __future__ import annotations
 
 import os
@@ -22,16 +23,34 @@ WORKER = ROOT / "tests" / "ppo_multiprocess_worker.py"
 TIME_STATS = ("eps", "tokens_per_second", "time/")
 # What a launcher prints when its processes cannot reach each other (errno 97 EAFNOSUPPORT, 99 EADDRNOTAVAIL,
 # 101 ENETUNREACH), should the loopback fail in a way the probe below did not catch.
-CANNOT_CONNECT = ("Address family not supported", "Permission denied", "Cannot assign requested address",
-                  "Network is unreachable", "errno: 97", "errno: 99", "errno: 101")
+CANNOT_CONNECT = (
+    "Address family not supported",
+    "Permission denied",
+    "Cannot assign requested address",
+    "Network is unreachable",
+    "errno: 97",
+    "errno: 99",
+    "errno: 101",
+)
 
 
 LAUNCHERS = {
     "torchrun": ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
     # accelerate's torchrun-based launcher is behind --multi_gpu; without CUDA its processes run on the CPU
     # (gloo). Its --cpu flag would instead start ONE process unless MPI is set up.
-    "accelerate": ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                   "--mixed_precision", "no", "--dynamo_backend", "no"],
+    "accelerate": [
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ],
 }
 
 

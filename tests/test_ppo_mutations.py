@@ -8,6 +8,7 @@ Each test checks the public trainer (``utils.ppo.PPOTrainer``) against a hand co
 GPT-2 models (vocabulary 32, width 16): only the mechanics matter. The CartPole PPO of notebook 09
 (``utils.cartpole.train_ppo``) has its own entropy bonus, which the same sign flip got past too.
 """
+
 from __future__ import annotations
 
 import copy
@@ -27,26 +28,48 @@ VOCAB, EOS, PAD = 32, 0, 1
 
 def tiny_policy(seed: int = 0) -> GPT2LMHeadModel:
     torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=VOCAB, n_positions=48, n_embd=16, n_layer=2, n_head=2, resid_pdrop=0.0,
-                        embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=EOS, eos_token_id=EOS, pad_token_id=PAD)
+    config = GPT2Config(
+        vocab_size=VOCAB,
+        n_positions=48,
+        n_embd=16,
+        n_layer=2,
+        n_head=2,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=EOS,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+    )
     return GPT2LMHeadModel(config).eval()
 
 
 def prompts(n: int = 32, seed: int = 0) -> list[list[int]]:
     generator = torch.Generator().manual_seed(seed)
-    return [[EOS] + torch.randint(2, VOCAB, (int(k),), generator=generator).tolist()
-            for k in torch.randint(2, 6, (n,), generator=generator)]
+    return [
+        [EOS] + torch.randint(2, VOCAB, (int(k),), generator=generator).tolist()
+        for k in torch.randint(2, 6, (n,), generator=generator)
+    ]
 
 
 def constant_reward(value: float):
     def score(query_responses: torch.Tensor, attention_mask: torch.Tensor, context_length: int) -> torch.Tensor:
         return torch.full((query_responses.shape[0],), value)
+
     return score
 
 
 def make_trainer(reward: float = 0.0, **overrides) -> PPOTrainer:
-    fields = dict(total_episodes=64, batch_size=16, num_minibatches=2, ppo_epochs=1, response_length=8, lr=1e-2,
-                  kl_coef=0.0, missing_eos_penalty=0.0)
+    fields = dict(
+        total_episodes=64,
+        batch_size=16,
+        num_minibatches=2,
+        ppo_epochs=1,
+        response_length=8,
+        lr=1e-2,
+        kl_coef=0.0,
+        missing_eos_penalty=0.0,
+    )
     config = PPOConfig(**{**fields, **overrides})
     policy = tiny_policy()
     return PPOTrainer(config, policy, copy.deepcopy(policy), constant_reward(reward), prompts(), PAD, EOS)
@@ -54,8 +77,9 @@ def make_trainer(reward: float = 0.0, **overrides) -> PPOTrainer:
 
 def mean_entropy(trainer: PPOTrainer, batch, rows: torch.Tensor) -> torch.Tensor:
     """Mean entropy, over the valid response tokens of ``rows``, of the (tempered) policy the trainer samples."""
-    logits, _ = trainer.model(batch.query_responses[rows], batch.attention_mask[rows], batch.context_length,
-                              trainer.config.temperature)
+    logits, _ = trainer.model(
+        batch.query_responses[rows], batch.attention_mask[rows], batch.context_length, trainer.config.temperature
+    )
     entropy = torch.distributions.Categorical(logits=logits).entropy()
     mask = batch.mask[rows]
     return (entropy * mask).sum() / mask.sum()
@@ -90,6 +114,7 @@ def test_an_update_driven_only_by_the_entropy_bonus_raises_the_entropy():
 
 def test_cartpole_entropy_bonus_keeps_the_policy_at_maximum_entropy():
     """Bonus 10, no critic loss: the policy stays at the two-action maximum, log 2; without it, it sharpens."""
+
     def final_entropy(ent_coef: float) -> float:
         config = CartPoleConfig(total_timesteps=3 * 512, ent_coef=ent_coef, vf_coef=0.0, update_epochs=10)
         return train_cartpole_ppo(config)[1][-1]["entropy"]
@@ -102,11 +127,15 @@ def test_cartpole_entropy_bonus_keeps_the_policy_at_maximum_entropy():
 # ------------------------------------------------------------------------------------------------
 # (b) The learning-rate schedule: linear to 0 AFTER the last update (TRL/CleanRL: lr * (1 - k / N))
 # ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("schedule", "factor"), [
-    ("linear", lambda k, n: 1 - k / n),
-    ("cosine", lambda k, n: 0.5 * (1 + math.cos(math.pi * k / n))),
-    ("constant", lambda k, n: 1.0),
-], ids=["linear", "cosine", "constant"])
+@pytest.mark.parametrize(
+    ("schedule", "factor"),
+    [
+        ("linear", lambda k, n: 1 - k / n),
+        ("cosine", lambda k, n: 0.5 * (1 + math.cos(math.pi * k / n))),
+        ("constant", lambda k, n: 1.0),
+    ],
+    ids=["linear", "cosine", "constant"],
+)
 def test_learning_rate_of_every_update(schedule, factor):
     n = 4
     trainer = make_trainer(reward=1.0, lr_schedule=schedule, total_episodes=16 * n, lr=1e-2)

@@ -3,6 +3,7 @@
 The real slices live in ../shared/data next to the repository (HH-RLHF harmless-base test, first 1000 rows;
 700 IMDB reviews in the CSV copy schema); tests that need them skip when that folder is absent.
 """
+
 from __future__ import annotations
 
 import collections
@@ -273,8 +274,11 @@ def test_implicit_prompt_rows_with_an_empty_completion_are_rejected(bad_row, col
 def test_implicit_prompt_rows_that_share_no_prompt_or_a_whole_word_are_fine():
     # No shared prompt: the whole texts are the completions. Chosen a prefix of rejected, ending mid-text:
     # the split backs off to a word boundary, so " there" is a real (non-empty) completion.
-    rows = [{"chosen": "yes", "rejected": "no"}, {"chosen": "Hi there", "rejected": "Hi there friend"},
-            {"chosen": "\n\nHuman: Hi\n\nAssistant: Sure", "rejected": "\n\nHuman: Hi\n\nAssistant: Sure thing"}]
+    rows = [
+        {"chosen": "yes", "rejected": "no"},
+        {"chosen": "Hi there", "rejected": "Hi there friend"},
+        {"chosen": "\n\nHuman: Hi\n\nAssistant: Sure", "rejected": "\n\nHuman: Hi\n\nAssistant: Sure thing"},
+    ]
     assert validate_preference_rows(rows) == []
 
 
@@ -406,7 +410,7 @@ def test_imdb_csv_copy_schema_real_slice():
 def test_imdb_hub_schema_in_every_file_type(tmp_path, suffix):
     hub_rows = [
         {"text": "Great film.<br /><br />Loved it.", "label": 1},
-        {"text": "Dull, \"long\", and\nslow.", "label": 0},
+        {"text": 'Dull, "long", and\nslow.', "label": 0},
         {"text": "Fine<br/>I guess", "label": 1},
     ]
     path = tmp_path / f"imdb{suffix}"
@@ -426,7 +430,7 @@ def test_imdb_hub_schema_in_every_file_type(tmp_path, suffix):
             writer.writerows(hub_rows)
     assert load_imdb(path) == [
         {"text": "Great film. Loved it.", "label": 1},
-        {"text": "Dull, \"long\", and\nslow.", "label": 0},
+        {"text": 'Dull, "long", and\nslow.', "label": 0},
         {"text": "Fine I guess", "label": 1},
     ]
     assert load_imdb(path, clean_html=False) == hub_rows
@@ -468,10 +472,22 @@ BAD_IMDB_FILES = [
     ("missing.jsonl", '{"text": "ok", "label": 1}\n{"label": 0}\n', r"missing.jsonl, line 2: missing field 'text'"),
     ("missing.csv", "review,sentiment\ngood,positive\nbad\n", r"missing.csv, line 3: 1 field\(s\), but the header"),
     # An empty review text, also one that is only HTML breaks.
-    ("empty.jsonl", '{"text": "ok", "label": 1}\n{"text": "  ", "label": 0}\n', r"empty.jsonl, line 2, column 'text': empty"),
-    ("breaks.csv", 'review,sentiment\n"good",positive\n"<br /><br />",negative\n', r"breaks.csv, line 3, column 'review': empty"),
+    (
+        "empty.jsonl",
+        '{"text": "ok", "label": 1}\n{"text": "  ", "label": 0}\n',
+        r"empty.jsonl, line 2, column 'text': empty",
+    ),
+    (
+        "breaks.csv",
+        'review,sentiment\n"good",positive\n"<br /><br />",negative\n',
+        r"breaks.csv, line 3, column 'review': empty",
+    ),
     # A quoted review spanning lines: the next row is named by the line it starts on.
-    ("multiline.csv", 'review,sentiment\n"two\nlines",positive\nmeh,neutral\n', r"multiline.csv, line 4, column 'sentiment'"),
+    (
+        "multiline.csv",
+        'review,sentiment\n"two\nlines",positive\nmeh,neutral\n',
+        r"multiline.csv, line 4, column 'sentiment'",
+    ),
     ("latin1.csv", "review,sentiment\ngood,positive\ncaf\xe9,positive\n", r"latin1.csv, line 3: not UTF-8"),
 ]
 

@@ -29,15 +29,11 @@ def chapters(tmp_path):
 
 def test_report_md_is_the_assembly_of_docs_report():
     stale = report.check()
-    assert not stale, "REPORT.md disagrees with docs/report/ (run `make report`):\n" + "\n".join(
-        map(str, stale)
-    )
+    assert not stale, "REPORT.md disagrees with docs/report/ (run `make report`):\n" + "\n".join(map(str, stale))
 
 
 def test_assembly_is_banner_and_chapters_in_file_name_order_two_blank_lines_apart(chapters):
-    assert report.assemble(chapters) == (
-        report.BANNER + "\n\n\n# Title\n\nintro\n\n\n## Second\n\nline a\nline b\n"
-    )
+    assert report.assemble(chapters) == (report.BANNER + "\n\n\n# Title\n\nintro\n\n\n## Second\n\nline a\nline b\n")
     assert [p.name for p in report.chapter_paths(chapters)] == ["01_first.md", "02_second.md"]
 
 

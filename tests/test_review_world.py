@@ -1,4 +1,5 @@
 """The review world: exact probabilities, the recogniser, the gold reward and the annotators."""
+
 from __future__ import annotations
 
 import math
@@ -32,13 +33,15 @@ def test_log_prob_by_hand():
     config = rw.GrammarConfig()
     aspect_total = sum(w for _, w in rw.ASPECTS)
     adj_total = sum(w for _, w, _ in rw.ADJECTIVES[1])
-    expected = (math.log(config.sentence_count_probs[0])  # one sentence
-                + math.log(config.sentence_form_probs[0])  # simple
-                + math.log(0.5)  # positive
-                + math.log(config.clause_form_probs[0])  # "the A was ADJ"
-                + math.log(3.0 / aspect_total)  # acting
-                + math.log(1.0 / adj_total)  # superb
-                + math.log(1 - config.closing_prob))  # no closing
+    expected = (
+        math.log(config.sentence_count_probs[0])  # one sentence
+        + math.log(config.sentence_form_probs[0])  # simple
+        + math.log(0.5)  # positive
+        + math.log(config.clause_form_probs[0])  # "the A was ADJ"
+        + math.log(3.0 / aspect_total)  # acting
+        + math.log(1.0 / adj_total)  # superb
+        + math.log(1 - config.closing_prob)
+    )  # no closing
     assert rw.log_prob(text) == pytest.approx(expected)
 
 
@@ -58,20 +61,23 @@ def test_probabilities_of_short_reviews_sum_to_their_share():
     assert total == pytest.approx(expected, rel=1e-9)
 
 
-@pytest.mark.parametrize("text", [
-    "the acting was superb",  # no full stop
-    "The acting was superb.",  # not canonical (capital)
-    "the acting was  superb.",  # double space
-    "the acting was superb .",  # detached punctuation
-    "the acting was good but the plot was great.",  # "but" needs its comma
-    "the acting was good and.",  # "and" needs a second clause
-    "overall, a great film.",  # a verdict alone is not a review
-    "the acting was superb. overall, a great film. the plot was dull.",  # text after the verdict
-    "the acting was superb. the acting was superb. the acting was superb. the acting was superb. "
-    "the acting was superb.",  # five sentences
-    "the movie was superb.",  # unknown aspect
-    "",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "the acting was superb",  # no full stop
+        "The acting was superb.",  # not canonical (capital)
+        "the acting was  superb.",  # double space
+        "the acting was superb .",  # detached punctuation
+        "the acting was good but the plot was great.",  # "but" needs its comma
+        "the acting was good and.",  # "and" needs a second clause
+        "overall, a great film.",  # a verdict alone is not a review
+        "the acting was superb. overall, a great film. the plot was dull.",  # text after the verdict
+        "the acting was superb. the acting was superb. the acting was superb. the acting was superb. "
+        "the acting was superb.",  # five sentences
+        "the movie was superb.",  # unknown aspect
+        "",
+    ],
+)
 def test_recogniser_rejects(text):
     assert rw.parse(text) is None
     assert rw.gold_reward(text) == rw.UNGRAMMATICAL_REWARD
@@ -87,7 +93,8 @@ def test_connective_agreement_is_likely_not_required():
     pos_total = sum(w for _, w, _ in rw.ADJECTIVES[1])
     neg_total = sum(w for _, w, _ in rw.ADJECTIVES[-1])
     expected_gap = (math.log(agree) + math.log(adj["dull"] / neg_total)) - (
-        math.log(1 - agree) + math.log(adj["solid"] / pos_total))
+        math.log(1 - agree) + math.log(adj["solid"] / pos_total)
+    )
     assert contrast - same == pytest.approx(expected_gap)
 
 

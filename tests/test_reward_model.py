@@ -5,6 +5,7 @@ TRL's ``RewardTrainer`` (same weights, batches and optimiser -> same losses) and
 Models here are tiny (1-2 layers, width 32) and randomly initialised; the numbers they reach mean nothing
 beyond what each test states.
 """
+
 from __future__ import annotations
 
 import math
@@ -50,19 +51,21 @@ def tiny_gpt_rm(tokenizer, seed: int = 0) -> GPT2ForSequenceClassification:
 def test_bradley_terry_loss_matches_hand_computation_and_logsigmoid():
     r_chosen = torch.tensor([2.0, 0.0, -1.0, 30.0])
     r_rejected = torch.tensor([0.0, 0.0, 1.0, -20.0])
-    by_hand = torch.tensor([math.log(1 + math.exp(-2.0)), math.log(2.0), math.log(1 + math.exp(2.0)),
-                            math.log1p(math.exp(-50.0))])
+    by_hand = torch.tensor(
+        [math.log(1 + math.exp(-2.0)), math.log(2.0), math.log(1 + math.exp(2.0)), math.log1p(math.exp(-50.0))]
+    )
     torch.testing.assert_close(rm.bradley_terry_loss(r_chosen, r_rejected, reduction="none"), by_hand)
     torch.testing.assert_close(rm.bradley_terry_loss(r_chosen, r_rejected), by_hand.mean())
-    torch.testing.assert_close(rm.bradley_terry_loss(r_chosen, r_rejected),
-                               -F.logsigmoid(r_chosen - r_rejected).mean())
+    torch.testing.assert_close(rm.bradley_terry_loss(r_chosen, r_rejected), -F.logsigmoid(r_chosen - r_rejected).mean())
 
 
 def test_bradley_terry_loss_is_stable_and_has_the_right_gradient():
     diff = torch.tensor([-200.0, -5.0, -1e-3, 0.3, 200.0], requires_grad=True)
     ours = rm.bradley_terry_loss(diff, torch.zeros(5), reduction="none")
-    torch.testing.assert_close(ours, torch.tensor([200.0, math.log1p(math.exp(5.0)), math.log1p(math.exp(1e-3)),
-                                                   math.log1p(math.exp(-0.3)), 0.0]))
+    torch.testing.assert_close(
+        ours,
+        torch.tensor([200.0, math.log1p(math.exp(5.0)), math.log1p(math.exp(1e-3)), math.log1p(math.exp(-0.3)), 0.0]),
+    )
     (grad,) = torch.autograd.grad(ours.sum(), diff)
     torch.testing.assert_close(grad, -torch.sigmoid(-diff.detach()))  # d/dx log(1 + e^-x) = -sigmoid(-x)
     # The documented caveat: at an exact tie autograd takes one-sided derivatives at the two kinks.
@@ -75,14 +78,18 @@ def test_bradley_terry_loss_is_stable_and_has_the_right_gradient():
 def test_margin_shifts_the_loss():
     r_chosen, r_rejected = torch.tensor([1.5, -0.5]), torch.tensor([0.5, 0.0])
     for margin in (0.0, 0.7, 2.0):
-        torch.testing.assert_close(rm.bradley_terry_loss(r_chosen, r_rejected, margin),
-                                   -F.logsigmoid(r_chosen - r_rejected - margin).mean())
-        torch.testing.assert_close(rm.bradley_terry_loss(r_chosen, r_rejected, margin),
-                                   rm.bradley_terry_loss(r_chosen - margin, r_rejected))
+        torch.testing.assert_close(
+            rm.bradley_terry_loss(r_chosen, r_rejected, margin), -F.logsigmoid(r_chosen - r_rejected - margin).mean()
+        )
+        torch.testing.assert_close(
+            rm.bradley_terry_loss(r_chosen, r_rejected, margin), rm.bradley_terry_loss(r_chosen - margin, r_rejected)
+        )
     assert rm.bradley_terry_loss(r_chosen, r_rejected, 1.0) > rm.bradley_terry_loss(r_chosen, r_rejected)
     per_pair_margin = torch.tensor([0.0, 1.0])
-    torch.testing.assert_close(rm.bradley_terry_loss(r_chosen, r_rejected, per_pair_margin, reduction="none"),
-                               -F.logsigmoid(r_chosen - r_rejected - per_pair_margin))
+    torch.testing.assert_close(
+        rm.bradley_terry_loss(r_chosen, r_rejected, per_pair_margin, reduction="none"),
+        -F.logsigmoid(r_chosen - r_rejected - per_pair_margin),
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -119,8 +126,9 @@ def test_gpt_scores_do_not_depend_on_padding(tokenizer):
     encoded = rm.encode_texts(texts, tokenizer)
     batch = rm.right_pad(encoded, tokenizer.pad_token_id)
     extra = 7  # more padding columns on the right
-    padded = {k: F.pad(v, (0, extra), value=tokenizer.pad_token_id if k == "input_ids" else 0)
-              for k, v in batch.items()}
+    padded = {
+        k: F.pad(v, (0, extra), value=tokenizer.pad_token_id if k == "input_ids" else 0) for k, v in batch.items()
+    }
     with torch.no_grad():
         batched = model(**batch).logits.squeeze(-1)
         more_padding = model(**padded).logits.squeeze(-1)
@@ -157,8 +165,8 @@ def test_pairs_are_encoded_like_trl(tokenizer, preference_rows):
     assert chosen.count(tokenizer.eos_token_id) == 2  # BOS and EOS are the same token, once each
     batch = rm.collate_pairs([(chosen, rejected), (rejected, chosen)], tokenizer.pad_token_id)
     assert batch["input_ids"].shape[0] == 4  # chosen, chosen, rejected, rejected
-    assert batch["input_ids"][0, :len(chosen)].tolist() == chosen
-    assert batch["input_ids"][2, :len(rejected)].tolist() == rejected
+    assert batch["input_ids"][0, : len(chosen)].tolist() == chosen
+    assert batch["input_ids"][2, : len(rejected)].tolist() == rejected
     assert batch["attention_mask"].sum(1).tolist() == [len(chosen), len(rejected), len(rejected), len(chosen)]
 
 
@@ -194,8 +202,9 @@ def test_our_loop_matches_trl_reward_trainer(tokenizer, preference_rows, tmp_pat
     bias, which shifts every reward equally and so cancels in r_chosen - r_rejected). The losses, which
     depend on all the weights, agree to 1e-5 for every step.
     """
-    config = rm.RewardModelConfig(steps=5, batch_size=8, lr=3e-3, warmup_steps=2, shuffle=False,
-                                  eval_every=5, eval_pairs=8, weight_decay=0.1)
+    config = rm.RewardModelConfig(
+        steps=5, batch_size=8, lr=3e-3, warmup_steps=2, shuffle=False, eval_every=5, eval_pairs=8, weight_decay=0.1
+    )
     pairs = rm.encode_pairs(preference_rows, tokenizer)
 
     ours = tiny_gpt_rm(tokenizer, seed=0)
@@ -209,8 +218,9 @@ def test_our_loop_matches_trl_reward_trainer(tokenizer, preference_rows, tmp_pat
     theirs = tiny_gpt_rm(tokenizer, seed=0)  # identical weights
     optimizer = rm.make_optimizer(theirs, config.lr, config.weight_decay, config.betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: rm.lr_at(step, config) / config.lr)
-    trainer = rm.build_trl_reward_trainer(theirs, tokenizer, preference_rows, config, tmp_path,
-                                          optimizers=(optimizer, scheduler))
+    trainer = rm.build_trl_reward_trainer(
+        theirs, tokenizer, preference_rows, config, tmp_path, optimizers=(optimizer, scheduler)
+    )
     recorder = FirstGradients()
     trainer.add_callback(recorder)
     # The trainer trains on our encoding (the same as TRL's own: test_trl_preprocessing_gives_our_encoding)
@@ -220,8 +230,9 @@ def test_our_loop_matches_trl_reward_trainer(tokenizer, preference_rows, tmp_pat
     trl_losses = rm.trl_step_losses(trainer)
 
     for name, p in first_step.named_parameters():
-        torch.testing.assert_close(p.grad, recorder.gradients[name], rtol=1e-4, atol=1e-7,
-                                   msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(
+            p.grad, recorder.gradients[name], rtol=1e-4, atol=1e-7, msg=lambda m, name=name: f"{name}: {m}"
+        )
     assert len(our_losses) == len(trl_losses) == config.steps
     assert our_losses[0] == pytest.approx(math.log(2), abs=0.05)  # the head starts near 0: both rewards ~ 0
     np.testing.assert_allclose(our_losses, trl_losses, rtol=1e-5, atol=1e-6)
@@ -241,13 +252,11 @@ def test_reward_model_learns_review_sentiment(tokenizer):
     rows = [labeller.label("", a, b) for a, b in zip(texts[0::2], texts[1::2])]
     train_rows, test_rows = rows[:600], rows[600:900]
     assert rw.bayes_optimal_accuracy(test_rows, annotator) > 0.88
-    config = rm.RewardModelConfig(steps=60, batch_size=32, lr=3e-3, warmup_steps=10, eval_every=60,
-                                  eval_pairs=300)
+    config = rm.RewardModelConfig(steps=60, batch_size=32, lr=3e-3, warmup_steps=10, eval_every=60, eval_pairs=300)
     lm = build_model(LMConfig(n_layer=1, n_head=2, n_embd=32, n_positions=128), tokenizer, seed=0)
     model = rm.build_gpt_reward_model(lm, tokenizer.pad_token_id, seed=0)
     pairs = rm.encode_pairs(train_rows, tokenizer)
-    log = rm.train_reward_model(model, pairs, rm.encode_pairs(test_rows, tokenizer), tokenizer.pad_token_id,
-                                config)
+    log = rm.train_reward_model(model, pairs, rm.encode_pairs(test_rows, tokenizer), tokenizer.pad_token_id, config)
     assert log[-1]["val_accuracy"] > 0.7
     assert log[-1]["val_loss"] < math.log(2) - 0.1
 
@@ -263,8 +272,15 @@ def test_ece_on_hand_examples():
     # Both say 82%: one right, one wrong -> accuracy 50% in that bin
     result = rm.calibration([0.82, 0.18], n_bins=5)
     assert result["ece"] == pytest.approx(0.32)
-    assert result["bins"] == [{"lower": pytest.approx(0.8), "upper": pytest.approx(0.9), "count": 2,
-                               "confidence": pytest.approx(0.82), "accuracy": 0.5}]
+    assert result["bins"] == [
+        {
+            "lower": pytest.approx(0.8),
+            "upper": pytest.approx(0.9),
+            "count": 2,
+            "confidence": pytest.approx(0.82),
+            "accuracy": 0.5,
+        }
+    ]
     # Says 80% and is right 8 times out of 10: perfectly calibrated
     assert rm.calibration([0.8] * 8 + [0.2] * 2)["ece"] == pytest.approx(0.0)
     with pytest.raises(ValueError, match="probabilities"):
@@ -322,7 +338,6 @@ def test_config_validation():
         rm.RewardModelConfig(encoder_n_embd=30, encoder_n_head=4)
 
 
-
 # ------------------------------------------------------------------------------------------------
 # Sequences longer than the model: cut to BOS + the end, and reported
 # ------------------------------------------------------------------------------------------------
@@ -331,10 +346,20 @@ def test_trl_preprocessing_gives_our_encoding(tokenizer, preference_rows, tmp_pa
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 
-    args = RewardConfig(output_dir=str(tmp_path), max_length=None, report_to=[], use_cpu=True, bf16=False,
-                        activation_checkpointing=False)
-    trainer = RewardTrainer(model=tiny_gpt_rm(tokenizer), args=args, processing_class=tokenizer,
-                            train_dataset=Dataset.from_list(preference_rows[:8]))
+    args = RewardConfig(
+        output_dir=str(tmp_path),
+        max_length=None,
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        activation_checkpointing=False,
+    )
+    trainer = RewardTrainer(
+        model=tiny_gpt_rm(tokenizer),
+        args=args,
+        processing_class=tokenizer,
+        train_dataset=Dataset.from_list(preference_rows[:8]),
+    )
     ours = rm.encode_pairs(preference_rows[:8], tokenizer)
     assert [(r["chosen_ids"], r["rejected_ids"]) for r in trainer.train_dataset] == ours
 
@@ -382,10 +407,14 @@ def test_training_and_evaluation_cut_long_pairs_and_report_it(tokenizer, prefere
     assert _cut_counts(caplog.records) == [(16, 24)]
     # The score of a cut pair is the score of BOS + its last n_positions - 1 tokens.
     limit = TINY_LM.n_positions
-    by_hand = [([c[0], *c[-(limit - 1):]] if len(c) > limit else c, [r[0], *r[-(limit - 1):]] if len(r) > limit else r)
-               for c, r in pairs]
+    by_hand = [
+        ([c[0], *c[-(limit - 1) :]] if len(c) > limit else c, [r[0], *r[-(limit - 1) :]] if len(r) > limit else r)
+        for c, r in pairs
+    ]
     assert metrics == rm.evaluate_pairs(model, by_hand, tokenizer.pad_token_id)
-    assert metrics == rm.evaluate_pairs(model, rm.encode_pairs(rows, tokenizer, max_length=limit), tokenizer.pad_token_id)
+    assert metrics == rm.evaluate_pairs(
+        model, rm.encode_pairs(rows, tokenizer, max_length=limit), tokenizer.pad_token_id
+    )
     # Short data is untouched and nothing is reported.
     caplog.clear()
     with caplog.at_level("WARNING", logger="utils.reward_model"):
@@ -471,7 +500,8 @@ def test_tiny_reward_model_trains_on_real_hh_rows(tokenizer, caplog, tmp_path):
     assert metrics["truncated_pairs"] == n_long and metrics["pairs"] == len(rows)
     assert 0 <= metrics["accuracy"] <= 1 and math.isfinite(metrics["mean_margin"])
 
-    trainer = rm.build_trl_reward_trainer(tiny_gpt_rm(tokenizer), tokenizer, rows,
-                                          rm.RewardModelConfig(steps=2, batch_size=8, warmup_steps=0), tmp_path)
+    trainer = rm.build_trl_reward_trainer(
+        tiny_gpt_rm(tokenizer), tokenizer, rows, rm.RewardModelConfig(steps=2, batch_size=8, warmup_steps=0), tmp_path
+    )
     trainer.train()
     assert len(trainer.train_dataset) == len(rows) and len(rm.trl_step_losses(trainer)) == 2

@@ -1,4 +1,5 @@
 """The seed study's arithmetic, the course targets, and the label-noise-free accuracy they rest on."""
+
 from __future__ import annotations
 
 import math
@@ -14,11 +15,22 @@ from utils.targets import MEAN_TARGETS, TARGETS, by_name, check
 
 def _metrics(**overrides) -> dict:
     """A run that meets every target by a margin (values like the course's)."""
-    m = {"lm.val_nll_per_review": 27.9, "lm.source_entropy_per_review": 27.4, "lm.grammatical_fraction": 0.96,
-         "rm.bayes_optimal_accuracy": 0.83, "rm.heldout_expected_accuracy": 0.815, "rm.heldout_accuracy": 0.81,
-         "ppo.positive_fraction_after": 0.95, "ppo.grammatical_fraction_after": 0.98, "ppo.kl_to_ref": 2.0,
-         "eval.sweep.lowest_beta_gold": -0.5, "eval.sweep.start_gold": -0.1,
-         "eval.sweep.lowest_beta_proxy": 1.2, "eval.sweep.start_proxy": -0.2, "profile": "course"}
+    m = {
+        "lm.val_nll_per_review": 27.9,
+        "lm.source_entropy_per_review": 27.4,
+        "lm.grammatical_fraction": 0.96,
+        "rm.bayes_optimal_accuracy": 0.83,
+        "rm.heldout_expected_accuracy": 0.815,
+        "rm.heldout_accuracy": 0.81,
+        "ppo.positive_fraction_after": 0.95,
+        "ppo.grammatical_fraction_after": 0.98,
+        "ppo.kl_to_ref": 2.0,
+        "eval.sweep.lowest_beta_gold": -0.5,
+        "eval.sweep.start_gold": -0.1,
+        "eval.sweep.lowest_beta_proxy": 1.2,
+        "eval.sweep.start_proxy": -0.2,
+        "profile": "course",
+    }
     m.update(overrides)
     return m
 
@@ -45,14 +57,16 @@ def test_expected_accuracy_is_the_mean_of_sampled_accuracies():
 def test_targets_read_the_metrics_and_flag_each_miss():
     assert all(check(_metrics()).values())
     assert check(_metrics()) == {t.name: True for t in TARGETS}
-    misses = {"lm.nll_excess": {"lm.val_nll_per_review": 27.4 * 1.06},
-              "lm.grammatical": {"lm.grammatical_fraction": 0.89},
-              "rm.gap_to_bayes": {"rm.heldout_expected_accuracy": 0.79},
-              "ppo.positive": {"ppo.positive_fraction_after": 0.899},
-              "ppo.grammatical": {"ppo.grammatical_fraction_after": 0.94},
-              "ppo.kl": {"ppo.kl_to_ref": 10.5},
-              "sweep.gold_falls": {"eval.sweep.lowest_beta_gold": 0.0},
-              "sweep.proxy_rises": {"eval.sweep.lowest_beta_proxy": -0.3}}
+    misses = {
+        "lm.nll_excess": {"lm.val_nll_per_review": 27.4 * 1.06},
+        "lm.grammatical": {"lm.grammatical_fraction": 0.89},
+        "rm.gap_to_bayes": {"rm.heldout_expected_accuracy": 0.79},
+        "ppo.positive": {"ppo.positive_fraction_after": 0.899},
+        "ppo.grammatical": {"ppo.grammatical_fraction_after": 0.94},
+        "ppo.kl": {"ppo.kl_to_ref": 10.5},
+        "sweep.gold_falls": {"eval.sweep.lowest_beta_gold": 0.0},
+        "sweep.proxy_rises": {"eval.sweep.lowest_beta_proxy": -0.3},
+    }
     for name, change in misses.items():
         result = check(_metrics(**change))
         assert [k for k, ok in result.items() if not ok] == [name]
@@ -62,8 +76,11 @@ def test_targets_read_the_metrics_and_flag_each_miss():
 
 
 def test_summary_statistics_by_hand():
-    runs = {0: _metrics(**{"ppo.kl_to_ref": 1.0}), 1: _metrics(**{"ppo.kl_to_ref": 2.0}),
-            2: _metrics(**{"ppo.kl_to_ref": 4.5})}
+    runs = {
+        0: _metrics(**{"ppo.kl_to_ref": 1.0}),
+        1: _metrics(**{"ppo.kl_to_ref": 2.0}),
+        2: _metrics(**{"ppo.kl_to_ref": 4.5}),
+    }
     row = seed_study.summarise(runs)["ppo.kl_to_ref"]
     assert row["mean"] == pytest.approx(2.5)
     assert row["sd"] == pytest.approx(statistics.stdev([1.0, 2.0, 4.5]))
@@ -72,8 +89,11 @@ def test_summary_statistics_by_hand():
 
 
 def test_target_table_reports_the_worst_seed_and_the_mean_target():
-    runs = {0: _metrics(), 1: _metrics(**{"rm.heldout_expected_accuracy": 0.795}),
-            2: _metrics(**{"ppo.grammatical_fraction_after": 0.94})}
+    runs = {
+        0: _metrics(),
+        1: _metrics(**{"rm.heldout_expected_accuracy": 0.795}),
+        2: _metrics(**{"ppo.grammatical_fraction_after": 0.94}),
+    }
     rows = {r["target"]: r for r in seed_study.target_table(runs)}
     assert rows["ppo.grammatical"]["worst"] == pytest.approx(0.94)
     assert not rows["ppo.grammatical"]["met_on_every_seed"]
@@ -87,17 +107,22 @@ def test_target_table_reports_the_worst_seed_and_the_mean_target():
 
 def test_markdown_and_thread_comparison():
     runs = {0: _metrics(), 1: _metrics(**{"ppo.kl_to_ref": 3.0})}
-    study = {"profile": "course", "seeds": [0, 1], "metrics": seed_study.summarise(runs),
-             "targets": seed_study.target_table(runs)}
-    study["threads"] = seed_study.thread_comparison(0, runs[0], _metrics(**{"ppo.kl_to_ref": 2.5}),
-                                                    study["metrics"], 2)
+    study = {
+        "profile": "course",
+        "seeds": [0, 1],
+        "metrics": seed_study.summarise(runs),
+        "targets": seed_study.target_table(runs),
+    }
+    study["threads"] = seed_study.thread_comparison(
+        0, runs[0], _metrics(**{"ppo.kl_to_ref": 2.5}), study["metrics"], 2, 1
+    )
     row = study["threads"]["metrics"]["ppo.kl_to_ref"]
     assert row["difference"] == pytest.approx(0.5)
     assert row["difference_over_seed_sd"] == pytest.approx(0.5 / math.sqrt(0.5))
     text = seed_study.markdown(study)
     assert "| ppo.kl | <= 10 | 2 | 3 | 3 | yes |" in text
     assert "| `ppo.kl_to_ref` | 2.5 | 0.71 |" in text
-    assert "## Seed 0 on 1 thread" in text
+    assert "## Seed 0 on 1 thread(s) against the study's 2" in text
 
 
 def test_cli_needs_two_seeds():

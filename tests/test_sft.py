@@ -4,6 +4,7 @@ The collated batch of the real trainer is checked token by token against our own
 the trainer's loss against our independent completion NLL; LoRA against its definition (frozen base,
 merge = same outputs). Models are tiny (1 layer, width 32) and randomly initialised.
 """
+
 from __future__ import annotations
 
 import math
@@ -142,9 +143,15 @@ def test_greedy_completions_strip_prompt_and_eos(tokenizer, rows):
     outputs = sft.greedy_completions(model, tokenizer, prompts, max_new_tokens=6, batch_size=2)
     for prompt, output in zip(prompts, outputs):  # one at a time, unpadded, with transformers' generate
         ids = torch.tensor([tokenizer(prompt)["input_ids"]])
-        reference = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=6,
-                                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-        assert output == tokenizer.decode(reference[0, ids.size(1):], skip_special_tokens=True)
+        reference = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=6,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        assert output == tokenizer.decode(reference[0, ids.size(1) :], skip_special_tokens=True)
 
 
 def test_first_token_nll_is_minus_log_p_of_the_token_after_bos(tokenizer):

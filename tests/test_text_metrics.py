@@ -2,6 +2,7 @@
 
 References: `rouge_score` (Google's ROUGE re-implementation) and `sacrebleu` (the standard BLEU).
 """
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """The course tokenizer: byte-level BPE with BOS added, a pad token that is not EOS, exact round trips."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """The transformer models: exact agreement with HF GPT-2, causality, bidirectionality, parameter counts."""
+
 from __future__ import annotations
 
 import pytest

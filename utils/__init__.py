@@ -15,6 +15,7 @@ defaulted the variable.
 Opting back in, for the optional hub profile: ``RLHF_ALLOW_HUB=1`` in the environment skips all of this
 (then ``HF_HUB_OFFLINE`` and friends are whatever the environment says).
 """
+
 from __future__ import annotations
 
 import os

@@ -12,6 +12,7 @@ that are not UTF-8) means "rebuild"; a ``.tmp-*`` build folder whose builder die
 ``artifacts/.orphaned/`` (with a warning saying where) before the artifact is rebuilt, never deleted; and
 :func:`read_json_or_reset` reads a JSON file such as ``results/metrics.json`` that may be corrupt.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,8 +24,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +172,7 @@ def remove_stale_builds(artifacts: Path) -> list[Path]:
     if not artifacts.is_dir():
         return removed
     for tmp in sorted(artifacts.glob(f"{TMP_PREFIX}*")):
-        name = tmp.name[len(TMP_PREFIX):].rpartition("-")[0]  # mkdtemp's random suffix has no "-"
+        name = tmp.name[len(TMP_PREFIX) :].rpartition("-")[0]  # mkdtemp's random suffix has no "-"
         if not tmp.is_dir() or not name:
             continue
         with open(_lock_path(artifacts / name), "w") as lock:
@@ -219,8 +221,9 @@ def _move_unlisted_files_aside(final: Path) -> Path | None:
         target = aside / path.relative_to(final)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(path), str(target))
-    logger.warning("artifact %s held %d file(s) that its manifest does not list; moved them to %s",
-                   final, len(unlisted), aside)
+    logger.warning(
+        "artifact %s held %d file(s) that its manifest does not list; moved them to %s", final, len(unlisted), aside
+    )
     return aside
 
 
@@ -269,8 +272,11 @@ def read_json_or_reset(path: Path) -> dict:
             return data
         problem = f"holds a JSON {type(data).__name__}, not an object"
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    aside = next(candidate for n in range(1000)
-                 if not (candidate := path.with_name(f"{path.name}.corrupt-{stamp}" + (f"-{n}" if n else ""))).exists())
+    aside = next(
+        candidate
+        for n in range(1000)
+        if not (candidate := path.with_name(f"{path.name}.corrupt-{stamp}" + (f"-{n}" if n else ""))).exists()
+    )
     os.replace(path, aside)
     logger.warning("%s %s; moved it to %s and starting afresh", path, problem, aside)
     return {}

@@ -14,6 +14,7 @@ broadcastable to (B, H, T_q, T_k) where **True = may attend** (the same as
 ``torch.nn.functional.scaled_dot_product_attention``; note that ``torch.nn.MultiheadAttention``'s
 ``key_padding_mask`` uses the opposite, True = ignore).
 """
+
 from __future__ import annotations
 
 import math

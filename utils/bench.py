@@ -16,6 +16,7 @@ The reference configuration (the defaults) is the one we compare with TRL: polic
 GPT-2 with 4 layers, 4 heads, width 128, vocabulary 4096 (1.35M parameters), 8-token prompts, 32-token
 responses, batch 16, 4 PPO epochs, 1 minibatch, 512 episodes, 2 threads, fp32.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,8 +70,18 @@ class BenchConfig:
     """seeds the random weights, prompts and the PPO run"""
 
     def __post_init__(self) -> None:
-        for name in ("n_layer", "n_head", "n_embd", "prompt_length", "response_length", "batch_size", "ppo_epochs",
-                     "num_minibatches", "episodes", "threads"):
+        for name in (
+            "n_layer",
+            "n_head",
+            "n_embd",
+            "prompt_length",
+            "response_length",
+            "batch_size",
+            "ppo_epochs",
+            "num_minibatches",
+            "episodes",
+            "threads",
+        ):
             check_int(self, name, ge=1)
         check_int(self, "vocab_size", ge=3)
         check_int(self, "seed", ge=0)
@@ -83,10 +94,20 @@ def build_models(config: BenchConfig):
     """(policy, reference, reward model, value model or None) with random weights of the configured shape."""
     from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
 
-    gpt2 = GPT2Config(vocab_size=config.vocab_size, n_positions=max(256, config.prompt_length + config.response_length),
-                      n_embd=config.n_embd, n_layer=config.n_layer, n_head=config.n_head, resid_pdrop=0.0,
-                      embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0, pad_token_id=1,
-                      num_labels=1)
+    gpt2 = GPT2Config(
+        vocab_size=config.vocab_size,
+        n_positions=max(256, config.prompt_length + config.response_length),
+        n_embd=config.n_embd,
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=1,
+        num_labels=1,
+    )
     set_seed(config.seed)
     policy = GPT2LMHeadModel(gpt2)
     reference = None if config.use_lora else copy.deepcopy(policy)
@@ -104,7 +125,7 @@ def matmul_gflops(threads: int, size: int = 1024, seconds: float = 1.0) -> float
     while time.perf_counter() - start < seconds:
         a @ b
         count += 1
-    return 2 * size ** 3 * count / (time.perf_counter() - start) / 1e9
+    return 2 * size**3 * count / (time.perf_counter() - start) / 1e9
 
 
 def forward_flops(config: BenchConfig, tokens: int, context: float, head_positions: int, head_width: int) -> float:
@@ -144,10 +165,15 @@ def training_state_mb(trainer: PPOTrainer, *others: torch.nn.Module | None) -> d
     mb = lambda tensors: sum(t.numel() * t.element_size() for t in tensors) / 2**20  # noqa: E731
     models = [trainer.model, trainer.ref_policy, *others]
     weights = mb({id(p): p for m in models if m is not None for p in m.parameters()}.values())
-    optimizer = mb(v for state in trainer.optimizer.state.values() for v in state.values()
-                   if torch.is_tensor(v) and v.dim() > 0)
-    return {"weights_mb": weights, "gradients_mb": mb(trainer.params), "adam_state_mb": optimizer,
-            "total_mb": weights + mb(trainer.params) + optimizer}
+    optimizer = mb(
+        v for state in trainer.optimizer.state.values() for v in state.values() if torch.is_tensor(v) and v.dim() > 0
+    )
+    return {
+        "weights_mb": weights,
+        "gradients_mb": mb(trainer.params),
+        "adam_state_mb": optimizer,
+        "total_mb": weights + mb(trainer.params) + optimizer,
+    }
 
 
 def peak_rss_mb() -> float:
@@ -166,11 +192,26 @@ def run(config: BenchConfig) -> dict:
     generator = torch.Generator().manual_seed(config.seed)
     prompts = torch.randint(2, config.vocab_size, (config.episodes, config.prompt_length), generator=generator)
     prompts[:, 0] = 0  # BOS
-    ppo = PPOConfig(total_episodes=config.episodes, batch_size=config.batch_size, num_minibatches=config.num_minibatches,
-                    ppo_epochs=config.ppo_epochs, response_length=config.response_length,
-                    value_model=config.value_model, use_lora=config.use_lora, seed=config.seed)
-    trainer = PPOTrainer(ppo, policy, reference, reward_model_fn(reward_model), prompts.tolist(),
-                         pad_token_id=1, eos_token_id=0, value_model=value_model)
+    ppo = PPOConfig(
+        total_episodes=config.episodes,
+        batch_size=config.batch_size,
+        num_minibatches=config.num_minibatches,
+        ppo_epochs=config.ppo_epochs,
+        response_length=config.response_length,
+        value_model=config.value_model,
+        use_lora=config.use_lora,
+        seed=config.seed,
+    )
+    trainer = PPOTrainer(
+        ppo,
+        policy,
+        reference,
+        reward_model_fn(reward_model),
+        prompts.tolist(),
+        pad_token_id=1,
+        eos_token_id=0,
+        value_model=value_model,
+    )
     trainable = sum(p.numel() for p in trainer.params)
 
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -199,7 +240,8 @@ def run(config: BenchConfig) -> dict:
         "tokens_per_second": tokens / seconds,
         "first_update_seconds": log[0]["time/update"],
         "episodes_per_second_after_first_update": (episodes - config.batch_size) / (seconds - log[0]["time/update"])
-        if len(log) > 1 else float("nan"),
+        if len(log) > 1
+        else float("nan"),
         "peak_rss_mb": peak_rss_mb(),
         "rss_growth_mb": peak_rss_mb() - rss_start,
         "training_state_mb": state,
@@ -236,8 +278,10 @@ def report(result: dict) -> str:
     total = result["seconds"]
     for phase, seconds in result["phase_seconds"].items():
         gflop = result["phase_gflop_per_completion"].get(phase)
-        lines.append(f"  {phase:<22}{seconds:7.2f} s {100 * seconds / total:5.1f}%"
-                     + (f"  {gflop:.3f}" if gflop is not None else ""))
+        lines.append(
+            f"  {phase:<22}{seconds:7.2f} s {100 * seconds / total:5.1f}%"
+            + (f"  {gflop:.3f}" if gflop is not None else "")
+        )
     return "\n".join(lines)
 
 

@@ -13,6 +13,7 @@ pole falls (terminated) or after 500 steps (truncated), so the best possible ret
 
 Everything runs on the CPU with one or two torch threads and is seeded end to end.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -427,14 +428,29 @@ class PPOConfig:
         return self.total_timesteps // self.batch_size
 
     def __post_init__(self) -> None:
-        for name in ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs",
-                     "hidden_size", "torch_threads"):
+        for name in (
+            "total_timesteps",
+            "num_envs",
+            "num_steps",
+            "num_minibatches",
+            "update_epochs",
+            "hidden_size",
+            "torch_threads",
+        ):
             check_int(self, name, ge=1)
         check_int(self, "seed", ge=0)
-        check(self, "num_minibatches", self.batch_size % self.num_minibatches == 0,
-              f"a divisor of the batch size num_envs * num_steps = {self.batch_size}")
-        check(self, "total_timesteps", self.total_timesteps >= self.batch_size,
-              f">= one batch (num_envs * num_steps = {self.batch_size})")
+        check(
+            self,
+            "num_minibatches",
+            self.batch_size % self.num_minibatches == 0,
+            f"a divisor of the batch size num_envs * num_steps = {self.batch_size}",
+        )
+        check(
+            self,
+            "total_timesteps",
+            self.total_timesteps >= self.batch_size,
+            f">= one batch (num_envs * num_steps = {self.batch_size})",
+        )
         for name in ("gamma", "gae_lambda"):
             check_number(self, name, ge=0, le=1)
         check_number(self, "clip_coef", gt=0, lt=1)
@@ -541,7 +557,10 @@ def train_ppo(config: PPOConfig, progress: Callable[[dict], None] | None = None)
                         new_logprob, b_logprobs[mb], mb_advantages, mask=None, clip_range=config.clip_coef
                     )
                     value_loss, value_stats = clipped_value_loss(
-                        new_value, b_values[mb], b_returns[mb], mask=None,
+                        new_value,
+                        b_values[mb],
+                        b_returns[mb],
+                        mask=None,
                         clip_range_value=config.clip_coef if config.clip_vloss else None,
                     )
                     entropy_mean = entropy.mean()
@@ -554,8 +573,11 @@ def train_ppo(config: PPOConfig, progress: Callable[[dict], None] | None = None)
 
                     epoch_kl.append(policy_stats["approx_kl"].item())
                     for name, stat in (
-                        ("policy_loss", policy_loss), ("value_loss", value_loss), ("entropy", entropy_mean),
-                        ("approx_kl", policy_stats["approx_kl"]), ("clipfrac", policy_stats["clipfrac"]),
+                        ("policy_loss", policy_loss),
+                        ("value_loss", value_loss),
+                        ("entropy", entropy_mean),
+                        ("approx_kl", policy_stats["approx_kl"]),
+                        ("clipfrac", policy_stats["clipfrac"]),
                         ("vf_clipfrac", value_stats["vf_clipfrac"]),
                     ):
                         update_stats.setdefault(name, []).append(stat.item())

@@ -11,11 +11,13 @@ naming the class, the field, what is allowed and the value given. ``bool`` is no
 (``True`` is an ``int`` to Python, never a batch size to us); integers are accepted where a float is
 expected, and numpy scalars where they stand for a number.
 """
+
 from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Collection
+from collections.abc import Collection
+from typing import Any
 
 
 def fail(obj: Any, name: str, allowed: str) -> None:
@@ -52,12 +54,24 @@ def _bounds(gt: float | None, ge: float | None, lt: float | None, le: float | No
 
 
 def _in_bounds(value: float, gt: float | None, ge: float | None, lt: float | None, le: float | None) -> bool:
-    return ((gt is None or value > gt) and (ge is None or value >= ge) and (lt is None or value < lt)
-            and (le is None or value <= le))
+    return (
+        (gt is None or value > gt)
+        and (ge is None or value >= ge)
+        and (lt is None or value < lt)
+        and (le is None or value <= le)
+    )
 
 
-def check_int(obj: Any, name: str, *, gt: int | None = None, ge: int | None = None, lt: int | None = None,
-              le: int | None = None, none_ok: bool = False) -> None:
+def check_int(
+    obj: Any,
+    name: str,
+    *,
+    gt: int | None = None,
+    ge: int | None = None,
+    lt: int | None = None,
+    le: int | None = None,
+    none_ok: bool = False,
+) -> None:
     """``getattr(obj, name)`` is an int (not a bool) within the bounds, or None where ``none_ok``."""
     value = getattr(obj, name)
     if none_ok and value is None:
@@ -66,8 +80,16 @@ def check_int(obj: Any, name: str, *, gt: int | None = None, ge: int | None = No
         fail(obj, name, ("None or " if none_ok else "") + "an int" + _bounds(gt, ge, lt, le))
 
 
-def check_number(obj: Any, name: str, *, gt: float | None = None, ge: float | None = None, lt: float | None = None,
-                 le: float | None = None, none_ok: bool = False) -> None:
+def check_number(
+    obj: Any,
+    name: str,
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+    none_ok: bool = False,
+) -> None:
     """``getattr(obj, name)`` is a finite number within the bounds, or None where ``none_ok``."""
     value = getattr(obj, name)
     if none_ok and value is None:
@@ -76,13 +98,25 @@ def check_number(obj: Any, name: str, *, gt: float | None = None, ge: float | No
         fail(obj, name, ("None or " if none_ok else "") + "a finite number" + _bounds(gt, ge, lt, le))
 
 
-def check_numbers(obj: Any, name: str, *, length: int | None = None, gt: float | None = None,
-                  ge: float | None = None, lt: float | None = None, le: float | None = None) -> None:
+def check_numbers(
+    obj: Any,
+    name: str,
+    *,
+    length: int | None = None,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+) -> None:
     """``getattr(obj, name)`` is a non-empty tuple (of ``length`` items, if given) of finite numbers, each
     within the bounds: AdamW's ``betas``, a list of probabilities, the betas of a sweep."""
     value = getattr(obj, name)
-    ok = (isinstance(value, tuple) and len(value) > 0 and (length is None or len(value) == length)
-          and all(is_number(v) and _in_bounds(v, gt, ge, lt, le) for v in value))
+    ok = (
+        isinstance(value, tuple)
+        and len(value) > 0
+        and (length is None or len(value) == length)
+        and all(is_number(v) and _in_bounds(v, gt, ge, lt, le) for v in value)
+    )
     if not ok:
         count = f"{length} finite numbers" if length is not None else "finite numbers"
         each = _bounds(gt, ge, lt, le)

@@ -14,11 +14,12 @@ PPO reuses `generate_with_logprobs` for its rollouts: besides the tokens it retu
 every sampled token under the distribution it was actually drawn from, and a mask of the real (pre-EOS)
 tokens, so nothing has to be recomputed to know what the policy did.
 """
+
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,8 +34,9 @@ from utils.config_checks import check_bool, check_int, check_number, is_int, is_
 
 def _check_temperature(temperature: float) -> None:
     if not (is_number(temperature) and temperature > 0):  # an infinite temperature would sample uniformly
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r} "
-                         "(for greedy decoding use do_sample=False)")
+        raise ValueError(
+            f"temperature must be a finite number > 0, got {temperature!r} (for greedy decoding use do_sample=False)"
+        )
 
 
 def _check_top_k(top_k: int) -> None:
@@ -94,9 +96,7 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(to_remove, float("-inf"))
 
 
-def process_logits(
-    logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
-) -> torch.Tensor:
+def process_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     """Apply temperature, then top-k, then top-p (transformers' order) to logits (..., V).
 
     Transforms whose setting is the identity (temperature 1, top_k 0, top_p 1) are skipped, which is both
@@ -338,14 +338,15 @@ def next_token_distribution(
     return probs[0] if single else probs
 
 
-def left_pad(prompts: Sequence[Sequence[int]], pad_token_id: int, length: int | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(
+    prompts: Sequence[Sequence[int]], pad_token_id: int, length: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Token lists -> (input_ids, attention_mask), both (B, P), padded on the LEFT so generation appends
     new tokens right after the last real one. ``length`` defaults to the longest prompt."""
     length = length or max(len(p) for p in prompts)
     input_ids = torch.full((len(prompts), length), pad_token_id, dtype=torch.long)  # (B, P)
     attention_mask = torch.zeros(len(prompts), length, dtype=torch.long)
     for i, prompt in enumerate(prompts):
-        input_ids[i, length - len(prompt):] = torch.as_tensor(prompt, dtype=torch.long)
-        attention_mask[i, length - len(prompt):] = 1
+        input_ids[i, length - len(prompt) :] = torch.as_tensor(prompt, dtype=torch.long)
+        attention_mask[i, length - len(prompt) :] = 1
     return input_ids, attention_mask

@@ -6,6 +6,7 @@ a slice of the batch. A statistic that needs the whole batch (a mean, a variance
 sum over processes (one ``all_reduce`` with the gloo backend on a CPU); with one process every function
 here is its single-process counterpart in :mod:`utils.ppo_losses`.
 """
+
 from __future__ import annotations
 
 import math
@@ -55,8 +56,9 @@ def global_masked_mean(values: torch.Tensor, mask: torch.Tensor, processes: Proc
     return total[0] / total[1]
 
 
-def global_masked_var(values: torch.Tensor, mask: torch.Tensor, processes: Processes,
-                      unbiased: bool = True) -> torch.Tensor:
+def global_masked_var(
+    values: torch.Tensor, mask: torch.Tensor, processes: Processes, unbiased: bool = True
+) -> torch.Tensor:
     """Variance over the masked entries of every process (two passes: mean, then squared deviations)."""
     count = processes.sum(mask.sum().to(values.dtype))
     if count < 2:
@@ -65,8 +67,9 @@ def global_masked_var(values: torch.Tensor, mask: torch.Tensor, processes: Proce
     return variance * count / (count - 1) if unbiased else variance
 
 
-def global_masked_whiten(values: torch.Tensor, mask: torch.Tensor, processes: Processes,
-                         shift_mean: bool = True) -> torch.Tensor:
+def global_masked_whiten(
+    values: torch.Tensor, mask: torch.Tensor, processes: Processes, shift_mean: bool = True
+) -> torch.Tensor:
     """``ppo_losses.masked_whiten`` with the mean and variance taken over all processes' entries."""
     mean = global_masked_mean(values, mask, processes)
     whitened = (values - mean) * torch.rsqrt(global_masked_var(values, mask, processes) + 1e-8)
@@ -82,14 +85,14 @@ class RunningMoments:
         self.mean, self.var, self.count = 0.0, 1.0, 0
 
     def update(self, values: torch.Tensor, processes: Processes) -> None:
-        local = torch.stack([values.sum(), (values ** 2).sum(), torch.tensor(float(values.numel()))]).double()
+        local = torch.stack([values.sum(), (values**2).sum(), torch.tensor(float(values.numel()))]).double()
         total, total_sq, n = processes.sum(local).tolist()
         batch_mean = total / n
-        batch_var = max(total_sq / n - batch_mean ** 2, 0.0)
+        batch_var = max(total_sq / n - batch_mean**2, 0.0)
         count = self.count + n
         delta = batch_mean - self.mean
         self.mean += delta * n / count
-        self.var = (self.var * self.count + batch_var * n + delta ** 2 * self.count * n / count) / count
+        self.var = (self.var * self.count + batch_var * n + delta**2 * self.count * n / count) / count
         self.count = int(count)
 
     def state_dict(self) -> dict:
@@ -99,8 +102,9 @@ class RunningMoments:
         self.mean, self.var, self.count = state["mean"], state["var"], state["count"]
 
 
-def global_explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-                              processes: Processes) -> float:
+def global_explained_variance(
+    values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, processes: Processes
+) -> float:
     """``ppo_losses.explained_variance`` over all processes: 1 - Var[returns - values] / Var[returns]."""
     var_returns = global_masked_var(returns, mask, processes, unbiased=False)
     if var_returns == 0:

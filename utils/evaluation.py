@@ -20,14 +20,16 @@ Gao, Schulman and Hilton, "Scaling Laws for Reward Model Overoptimization" (2022
 The pipeline's ``eval`` stage (:mod:`utils.stages.evaluation`) caches the sweep (``kl_sweep`` artifact) and
 the SFT-vs-PPO comparison (``eval`` artifact), and writes ``results/samples.md`` and the figures.
 """
+
 from __future__ import annotations
 
 import copy
 import dataclasses
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -44,8 +46,18 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 # The per-policy means that evaluate_policy reports (and that every sweep checkpoint records).
-METRICS = ("gold_reward", "proxy_reward", "kl", "kl_k3", "entropy", "positive_fraction", "grammatical_fraction",
-           "length_words", "length_tokens", "eos_rate")
+METRICS = (
+    "gold_reward",
+    "proxy_reward",
+    "kl",
+    "kl_k3",
+    "entropy",
+    "positive_fraction",
+    "grammatical_fraction",
+    "length_words",
+    "length_tokens",
+    "eos_rate",
+)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -114,16 +126,20 @@ class EvalConfig:
 
 def sampling_config(config: EvalConfig, ppo: PPOConfig, tokenizer: PreTrainedTokenizerBase) -> SamplingConfig:
     """Pure sampling with the temperature and response budget PPO trained with (unless ``config`` sets them)."""
-    return SamplingConfig(max_new_tokens=config.max_new_tokens or ppo.response_length,
-                          temperature=config.temperature or ppo.temperature, eos_token_id=tokenizer.eos_token_id,
-                          pad_token_id=tokenizer.pad_token_id)
+    return SamplingConfig(
+        max_new_tokens=config.max_new_tokens or ppo.response_length,
+        temperature=config.temperature or ppo.temperature,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Evaluating one policy
 # ---------------------------------------------------------------------------------------------------------
-def response_logprobs(model: nn.Module, sequences: torch.Tensor, attention_mask: torch.Tensor,
-                      context_length: int, temperature: float) -> torch.Tensor:
+def response_logprobs(
+    model: nn.Module, sequences: torch.Tensor, attention_mask: torch.Tensor, context_length: int, temperature: float
+) -> torch.Tensor:
     """log p(token) (B, R) of every response token of ``sequences`` (B, P + R) under ``model`` at ``temperature``.
 
     Computed the same way for the policy and the reference (one forward pass each, left padding handled by
@@ -134,9 +150,17 @@ def response_logprobs(model: nn.Module, sequences: torch.Tensor, attention_mask:
 
 
 @torch.no_grad()
-def evaluate_policy(policy: nn.Module, ref_policy: nn.Module, proxy_fn: RewardFn, tokenizer: PreTrainedTokenizerBase,
-                    prompts: Sequence[str], sampling: SamplingConfig, seed: int = 0, batch_size: int = 128,
-                    gold_fn: Callable[[str], float] = rw.gold_reward) -> tuple[dict[str, float], list[dict]]:
+def evaluate_policy(
+    policy: nn.Module,
+    ref_policy: nn.Module,
+    proxy_fn: RewardFn,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    sampling: SamplingConfig,
+    seed: int = 0,
+    batch_size: int = 128,
+    gold_fn: Callable[[str], float] = rw.gold_reward,
+) -> tuple[dict[str, float], list[dict]]:
     """Sample one response per prompt from ``policy`` and measure it. Returns ``(means, samples)``.
 
     Args:
@@ -157,18 +181,22 @@ def evaluate_policy(policy: nn.Module, ref_policy: nn.Module, proxy_fn: RewardFn
     if not prompts:
         raise ValueError("prompts is empty: nothing to evaluate")
     if not sampling.do_sample or sampling.top_k != 0 or sampling.top_p != 1.0:
-        raise ValueError("evaluate_policy needs pure sampling (do_sample=True, top_k=0, top_p=1.0): the KL "
-                         f"estimate is only valid on samples from the policy itself, got {sampling}")
+        raise ValueError(
+            "evaluate_policy needs pure sampling (do_sample=True, top_k=0, top_p=1.0): the KL "
+            f"estimate is only valid on samples from the policy itself, got {sampling}"
+        )
     if sampling.eos_token_id is None or sampling.eos_token_id == sampling.pad_token_id:
-        raise ValueError("sampling needs an eos_token_id distinct from pad_token_id, "
-                         f"got eos={sampling.eos_token_id}, pad={sampling.pad_token_id}")
+        raise ValueError(
+            "sampling needs an eos_token_id distinct from pad_token_id, "
+            f"got eos={sampling.eos_token_id}, pad={sampling.pad_token_id}"
+        )
     policy.eval()
     ref_policy.eval()
     generator = torch.Generator().manual_seed(seed)
     encoded = tokenizer(list(prompts))["input_ids"]
     samples = []
     for start in range(0, len(encoded), batch_size):
-        queries, query_mask = left_pad(encoded[start:start + batch_size], sampling.pad_token_id)  # (B, P)
+        queries, query_mask = left_pad(encoded[start : start + batch_size], sampling.pad_token_id)  # (B, P)
         out = generate_with_logprobs(policy, queries, query_mask, sampling, generator)
         P, mask = queries.shape[1], out.completion_mask  # mask: (B, R) response tokens up to and with EOS
         attention_mask = torch.cat([query_mask, mask.long()], dim=1)  # (B, P + R)
@@ -183,14 +211,23 @@ def evaluate_policy(policy: nn.Module, ref_policy: nn.Module, proxy_fn: RewardFn
         response_ids = out.sequences[:, P:]
         for i, (prompt, response) in enumerate(zip(texts, responses)):
             parsed = rw.parse((prompt + response).strip())
-            samples.append({
-                "prompt": prompt, "response": response, "gold_reward": gold_fn(prompt + response),
-                "proxy_reward": proxy[i].item(), "kl": k1[i].item(), "kl_k3": k3[i].item(),
-                "entropy": entropy[i].item(), "positive": parsed is not None and parsed.sentiment > 0,
-                "grammatical": parsed is not None, "length_words": rw.word_count(response),
-                "length_tokens": int(mask[i].sum()), "eos": bool(has_eos[i]),
-                "response_ids": response_ids[i][mask[i]].tolist(),
-            })
+            samples.append(
+                {
+                    "prompt": prompt,
+                    "response": response,
+                    "gold_reward": gold_fn(prompt + response),
+                    "proxy_reward": proxy[i].item(),
+                    "kl": k1[i].item(),
+                    "kl_k3": k3[i].item(),
+                    "entropy": entropy[i].item(),
+                    "positive": parsed is not None and parsed.sentiment > 0,
+                    "grammatical": parsed is not None,
+                    "length_words": rw.word_count(response),
+                    "length_tokens": int(mask[i].sum()),
+                    "eos": bool(has_eos[i]),
+                    "response_ids": response_ids[i][mask[i]].tolist(),
+                }
+            )
     return summarise(samples), samples
 
 
@@ -198,9 +235,18 @@ def summarise(samples: Sequence[dict]) -> dict[str, float]:
     """Means of the per-sample table of :func:`evaluate_policy` (and standard errors of the key ones)."""
     if not samples:
         raise ValueError("no samples to summarise")
-    columns = {"gold_reward": "gold_reward", "proxy_reward": "proxy_reward", "kl": "kl", "kl_k3": "kl_k3",
-               "entropy": "entropy", "positive_fraction": "positive", "grammatical_fraction": "grammatical",
-               "length_words": "length_words", "length_tokens": "length_tokens", "eos_rate": "eos"}
+    columns = {
+        "gold_reward": "gold_reward",
+        "proxy_reward": "proxy_reward",
+        "kl": "kl",
+        "kl_k3": "kl_k3",
+        "entropy": "entropy",
+        "positive_fraction": "positive",
+        "grammatical_fraction": "grammatical",
+        "length_words": "length_words",
+        "length_tokens": "length_tokens",
+        "eos_rate": "eos",
+    }
     n = len(samples)
     means = {name: sum(float(s[key]) for s in samples) / n for name, key in columns.items()}
     for name in ("gold_reward", "proxy_reward", "kl"):
@@ -213,8 +259,9 @@ def summarise(samples: Sequence[dict]) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------------------
 # Comparing two policies
 # ---------------------------------------------------------------------------------------------------------
-def pairwise_outcomes(texts_a: Sequence[str], texts_b: Sequence[str],
-                      judge: Callable[[str], float] = rw.gold_reward) -> tuple[int, int, int]:
+def pairwise_outcomes(
+    texts_a: Sequence[str], texts_b: Sequence[str], judge: Callable[[str], float] = rw.gold_reward
+) -> tuple[int, int, int]:
     """(wins, ties, losses) of A against B, pair by pair (the i-th texts answer the same prompt)."""
     if len(texts_a) != len(texts_b):
         raise ValueError(f"texts_a and texts_b must pair up, got {len(texts_a)} and {len(texts_b)} texts")
@@ -253,16 +300,34 @@ def sweep_run_config(ppo: PPOConfig, sweep: SweepConfig, beta: float, seed: int)
     """The PPO config of the sweep's run at ``beta``: ``ppo`` with the sweep's run length, batch size and
     temperature, a fixed beta (no adaptive controller), no LoRA, no checkpoints, and the given seed."""
     batch_size = sweep.batch_size or ppo.batch_size
-    return dataclasses.replace(ppo, kl_coef=float(beta), adaptive_kl=False, total_episodes=sweep.total_episodes,
-                               batch_size=batch_size,
-                               num_minibatches=ppo.num_minibatches if batch_size % ppo.num_minibatches == 0 else 1,
-                               generation_batch_size=None, use_lora=False, checkpoint_every=0, seed=seed,
-                               temperature=sweep.temperature or ppo.temperature)
+    return dataclasses.replace(
+        ppo,
+        kl_coef=float(beta),
+        adaptive_kl=False,
+        total_episodes=sweep.total_episodes,
+        batch_size=batch_size,
+        num_minibatches=ppo.num_minibatches if batch_size % ppo.num_minibatches == 0 else 1,
+        generation_batch_size=None,
+        use_lora=False,
+        checkpoint_every=0,
+        seed=seed,
+        temperature=sweep.temperature or ppo.temperature,
+    )
 
 
-def kl_sweep(policy: nn.Module, proxy_fn: RewardFn, tokenizer: PreTrainedTokenizerBase, train_prompts: Sequence[str],
-             eval_prompts: Sequence[str], ppo: PPOConfig, sweep: SweepConfig, sampling: SamplingConfig,
-             seed: int = 0, value_model: nn.Module | None = None, progress: bool = False) -> list[dict]:
+def kl_sweep(
+    policy: nn.Module,
+    proxy_fn: RewardFn,
+    tokenizer: PreTrainedTokenizerBase,
+    train_prompts: Sequence[str],
+    eval_prompts: Sequence[str],
+    ppo: PPOConfig,
+    sweep: SweepConfig,
+    sampling: SamplingConfig,
+    seed: int = 0,
+    value_model: nn.Module | None = None,
+    progress: bool = False,
+) -> list[dict]:
     """Train one short PPO run per beta in ``sweep.betas`` from (a copy of) ``policy``; evaluate along the way.
 
     Every run starts from the same policy, uses the same prompts and seeds, and differs only in beta (fixed,
@@ -293,9 +358,17 @@ def kl_sweep(policy: nn.Module, proxy_fn: RewardFn, tokenizer: PreTrainedTokeniz
     bar = tqdm(total=len(sweep.betas) * runs.num_updates, desc="KL sweep", unit="update", disable=not progress)
     for beta in sweep.betas:
         config = sweep_run_config(ppo, sweep, beta, seed)
-        trainer = PPOTrainer(config, copy.deepcopy(policy), reference, proxy_fn, train_ids, tokenizer.pad_token_id,
-                             tokenizer.eos_token_id, gold_fn=gold_fn,
-                             value_model=copy.deepcopy(value_model) if value_model is not None else None)
+        trainer = PPOTrainer(
+            config,
+            copy.deepcopy(policy),
+            reference,
+            proxy_fn,
+            train_ids,
+            tokenizer.pad_token_id,
+            tokenizer.eos_token_id,
+            gold_fn=gold_fn,
+            value_model=copy.deepcopy(value_model) if value_model is not None else None,
+        )
         checkpoints = [{"update": 0, "episodes": 0, **start_metrics}]
         train_seconds = 0.0
         for update in evaluation_updates(config.num_updates, sweep.evaluations):
@@ -307,9 +380,17 @@ def kl_sweep(policy: nn.Module, proxy_fn: RewardFn, tokenizer: PreTrainedTokeniz
             bar.update(update - done)
             bar.set_postfix(beta=f"{beta:g}", kl=f"{metrics['kl']:.1f}", gold=f"{metrics['gold_reward']:+.2f}")
             checkpoints.append({"update": update, "episodes": update * config.batch_size, **metrics})
-        records.append({"beta": float(beta), "temperature": config.temperature, **metrics,
-                        "train_seconds": train_seconds, "checkpoints": checkpoints, "log": trainer.log,
-                        "samples": samples[:sweep.samples_kept]})
+        records.append(
+            {
+                "beta": float(beta),
+                "temperature": config.temperature,
+                **metrics,
+                "train_seconds": train_seconds,
+                "checkpoints": checkpoints,
+                "log": trainer.log,
+                "samples": samples[: sweep.samples_kept],
+            }
+        )
     bar.close()
     return records
 
@@ -327,11 +408,20 @@ def sweep_summary(records: Sequence[dict]) -> dict[str, float]:
     lowest = min(records, key=lambda r: r["beta"])
     start = records[0]["checkpoints"][0]
     peak = max((c for r in records for c in r["checkpoints"]), key=lambda c: c["gold_reward"])
-    return {"best_beta": best["beta"], "best_gold": best["gold_reward"], "best_kl": best["kl"],
-            "best_proxy": best["proxy_reward"], "lowest_beta": lowest["beta"],
-            "lowest_beta_gold": lowest["gold_reward"], "lowest_beta_proxy": lowest["proxy_reward"],
-            "lowest_beta_kl": lowest["kl"], "start_gold": start["gold_reward"], "start_proxy": start["proxy_reward"],
-            "peak_gold": peak["gold_reward"], "peak_gold_kl": peak["kl"]}
+    return {
+        "best_beta": best["beta"],
+        "best_gold": best["gold_reward"],
+        "best_kl": best["kl"],
+        "best_proxy": best["proxy_reward"],
+        "lowest_beta": lowest["beta"],
+        "lowest_beta_gold": lowest["gold_reward"],
+        "lowest_beta_proxy": lowest["proxy_reward"],
+        "lowest_beta_kl": lowest["kl"],
+        "start_gold": start["gold_reward"],
+        "start_proxy": start["proxy_reward"],
+        "peak_gold": peak["gold_reward"],
+        "peak_gold_kl": peak["kl"],
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -385,22 +475,46 @@ def health_report(log: Sequence[dict], thresholds: HealthThresholds = HealthThre
 
     def check(name: str, key: str, ok: Callable[[float, float], bool], meaning: str) -> None:
         start, end = start_end(key)
-        rows.append({"check": name, "metric": key, "start": start, "end": end, "ok": bool(ok(start, end)),
-                     "meaning": meaning})
+        rows.append(
+            {"check": name, "metric": key, "start": start, "end": end, "ok": bool(ok(start, end)), "meaning": meaning}
+        )
 
-    check("KL to the reference", "objective/kl", lambda s, e: e <= t.max_kl,
-          f"<= {t.max_kl:g} nats per response: the policy stays where the reward model is trustworthy")
-    check("entropy collapse", "objective/entropy", lambda s, e: e >= t.min_entropy_ratio * s,
-          f"entropy >= {t.min_entropy_ratio:g} x its start: the policy still samples varied answers")
-    check("length growth", "val/response_length", lambda s, e: e <= t.max_length_ratio * s,
-          f"length <= {t.max_length_ratio:g} x its start: longer answers may be bought with reward-model bias")
-    check("EOS rate", "val/eos_fraction", lambda s, e: e >= t.min_eos_rate,
-          f">= {t.min_eos_rate:g} of the responses end with EOS")
-    check("clip fraction", "policy/clipfrac_avg", lambda s, e: e <= t.max_clipfrac,
-          f"<= {t.max_clipfrac:g} of the tokens clipped: the updates stay inside PPO's trust region")
-    check("value explained variance", "val/explained_variance",
-          lambda s, e: math.isfinite(e) and e >= t.min_explained_variance,
-          f">= {t.min_explained_variance:g}: the value function predicts the returns better than a constant")
+    check(
+        "KL to the reference",
+        "objective/kl",
+        lambda s, e: e <= t.max_kl,
+        f"<= {t.max_kl:g} nats per response: the policy stays where the reward model is trustworthy",
+    )
+    check(
+        "entropy collapse",
+        "objective/entropy",
+        lambda s, e: e >= t.min_entropy_ratio * s,
+        f"entropy >= {t.min_entropy_ratio:g} x its start: the policy still samples varied answers",
+    )
+    check(
+        "length growth",
+        "val/response_length",
+        lambda s, e: e <= t.max_length_ratio * s,
+        f"length <= {t.max_length_ratio:g} x its start: longer answers may be bought with reward-model bias",
+    )
+    check(
+        "EOS rate",
+        "val/eos_fraction",
+        lambda s, e: e >= t.min_eos_rate,
+        f">= {t.min_eos_rate:g} of the responses end with EOS",
+    )
+    check(
+        "clip fraction",
+        "policy/clipfrac_avg",
+        lambda s, e: e <= t.max_clipfrac,
+        f"<= {t.max_clipfrac:g} of the tokens clipped: the updates stay inside PPO's trust region",
+    )
+    check(
+        "value explained variance",
+        "val/explained_variance",
+        lambda s, e: math.isfinite(e) and e >= t.min_explained_variance,
+        f">= {t.min_explained_variance:g}: the value function predicts the returns better than a constant",
+    )
     return rows
 
 
@@ -412,10 +526,16 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ").strip() or "(empty)"
 
 
-def samples_table(prompts: Sequence[str], before: Sequence[str], after: Sequence[str],
-                  gold_before: Sequence[float], gold_after: Sequence[float],
-                  proxy_before: Sequence[float] | None = None, proxy_after: Sequence[float] | None = None,
-                  names: tuple[str, str] = ("SFT", "PPO")) -> str:
+def samples_table(
+    prompts: Sequence[str],
+    before: Sequence[str],
+    after: Sequence[str],
+    gold_before: Sequence[float],
+    gold_after: Sequence[float],
+    proxy_before: Sequence[float] | None = None,
+    proxy_after: Sequence[float] | None = None,
+    names: tuple[str, str] = ("SFT", "PPO"),
+) -> str:
     """A Markdown table: one row per prompt, the two responses side by side with their scores.
 
     ``before`` / ``after`` are the responses (without the prompt); scores are printed with 2 decimals.
@@ -429,8 +549,10 @@ def samples_table(prompts: Sequence[str], before: Sequence[str], after: Sequence
     a, b = names
     header = ["#", "prompt", f"{a} response", f"{a} gold"] + ([f"{a} proxy"] if with_proxy else [])
     header += [f"{b} response", f"{b} gold"] + ([f"{b} proxy"] if with_proxy else [])
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if h.endswith(("gold", "proxy", "#"))
-                                                               else "---" for h in header) + "|"]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---:" if h.endswith(("gold", "proxy", "#")) else "---" for h in header) + "|",
+    ]
     for i, prompt in enumerate(prompts):
         row = [str(i + 1), _cell(prompt), _cell(before[i]), f"{gold_before[i]:+.2f}"]
         row += [f"{proxy_before[i]:+.2f}"] if with_proxy else []
@@ -445,9 +567,11 @@ def sweep_table(records: Sequence[dict]) -> str:
     lines = [header, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
 
     def row(name: str, m: dict) -> str:
-        return (f"| {name} | {m['kl']:.2f} | {m['kl_k3']:.2f} | {m['proxy_reward']:+.2f} | {m['gold_reward']:+.3f} | "
-                f"{m['positive_fraction']:.2f} | {m['grammatical_fraction']:.2f} | {m['length_words']:.1f} | "
-                f"{m['eos_rate']:.2f} |")
+        return (
+            f"| {name} | {m['kl']:.2f} | {m['kl_k3']:.2f} | {m['proxy_reward']:+.2f} | {m['gold_reward']:+.3f} | "
+            f"{m['positive_fraction']:.2f} | {m['grammatical_fraction']:.2f} | {m['length_words']:.1f} | "
+            f"{m['eos_rate']:.2f} |"
+        )
 
     lines.append(row("SFT (start)", records[0]["checkpoints"][0]))
     lines += [row(f"{r['beta']:g}", r) for r in records]
@@ -457,13 +581,16 @@ def sweep_table(records: Sequence[dict]) -> str:
 # ---------------------------------------------------------------------------------------------------------
 # Figures
 # ---------------------------------------------------------------------------------------------------------
-OVEROPTIMISATION_PANELS = (("proxy_reward", "proxy reward (RM, normalised)"),
-                           ("gold_reward", "gold reward (true sentiment)"),
-                           ("length_words", "response length (words)"))
+OVEROPTIMISATION_PANELS = (
+    ("proxy_reward", "proxy reward (RM, normalised)"),
+    ("gold_reward", "gold reward (true sentiment)"),
+    ("length_words", "response length (words)"),
+)
 
 
-def plot_overoptimisation(records: Sequence[dict], panels: Sequence[tuple[str, str]] = OVEROPTIMISATION_PANELS,
-                          sqrt_kl: bool = False) -> Figure:
+def plot_overoptimisation(
+    records: Sequence[dict], panels: Sequence[tuple[str, str]] = OVEROPTIMISATION_PANELS, sqrt_kl: bool = False
+) -> Figure:
     """One panel per metric against KL(policy || reference): every run of the sweep as a line through its
     checkpoints (from the SFT policy at KL = 0), coloured by beta. ``sqrt_kl`` puts sqrt(KL) on the x axis,
     the distance measure of Gao et al. (2022)."""
@@ -478,8 +605,15 @@ def plot_overoptimisation(records: Sequence[dict], panels: Sequence[tuple[str, s
         kl = [max(c["kl"], 0.0) for c in record["checkpoints"]]
         x = [math.sqrt(k) for k in kl] if sqrt_kl else kl
         for ax, (key, _) in zip(axes, panels):
-            ax.plot(x, [c[key] for c in record["checkpoints"]], "o-", color=colour, ms=3.5, lw=1.3,
-                    label=f"beta = {record['beta']:g}")
+            ax.plot(
+                x,
+                [c[key] for c in record["checkpoints"]],
+                "o-",
+                color=colour,
+                ms=3.5,
+                lw=1.3,
+                label=f"beta = {record['beta']:g}",
+            )
     for ax, (_, title) in zip(axes, panels):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("sqrt KL (sqrt nats)" if sqrt_kl else "KL(policy || reference), nats per response")

@@ -5,12 +5,13 @@ see notebook 02) so that TRL, PEFT and ``generate`` work on it unchanged. Traini
 next-token objective with teacher forcing, AdamW, linear warmup then cosine decay, and gradient
 clipping, the recipe of nanoGPT.
 """
+
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -88,10 +89,16 @@ def build_model(config: LMConfig, tokenizer: PreTrainedTokenizerBase, seed: int 
     """A freshly initialised GPT-2 whose special-token ids match ``tokenizer``."""
     set_seed(seed)
     hf_config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=config.n_positions, n_embd=config.n_embd,
-        n_layer=config.n_layer, n_head=config.n_head, resid_pdrop=config.dropout,
-        embd_pdrop=config.dropout, attn_pdrop=config.dropout,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        n_positions=config.n_positions,
+        n_embd=config.n_embd,
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+        resid_pdrop=config.dropout,
+        embd_pdrop=config.dropout,
+        attn_pdrop=config.dropout,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     model = GPT2LMHeadModel(hf_config)
@@ -129,11 +136,12 @@ def pack(sequences: Sequence[Sequence[int]]) -> torch.Tensor:
     return torch.tensor(stream, dtype=torch.long)
 
 
-def get_batch(stream: torch.Tensor, batch_size: int, block_size: int,
-              generator: torch.Generator) -> dict[str, torch.Tensor]:
+def get_batch(
+    stream: torch.Tensor, batch_size: int, block_size: int, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
     """``batch_size`` random windows of ``block_size`` tokens; labels are the inputs (HF shifts them)."""
     starts = torch.randint(len(stream) - block_size, (batch_size,), generator=generator)
-    input_ids = torch.stack([stream[s:s + block_size] for s in starts.tolist()])  # (B, T)
+    input_ids = torch.stack([stream[s : s + block_size] for s in starts.tolist()])  # (B, T)
     return {"input_ids": input_ids, "labels": input_ids}
 
 
@@ -143,8 +151,8 @@ def collate(sequences: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.
     input_ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)  # (B, T)
     attention_mask = torch.zeros_like(input_ids)
     for i, seq in enumerate(sequences):
-        input_ids[i, :len(seq)] = torch.tensor(seq)
-        attention_mask[i, :len(seq)] = 1
+        input_ids[i, : len(seq)] = torch.tensor(seq)
+        attention_mask[i, : len(seq)] = 1
     labels = input_ids.masked_fill(attention_mask == 0, -100)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
@@ -159,25 +167,27 @@ def sequence_nll(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tens
     return -(token_logprobs * batch["attention_mask"][:, 1:]).sum(dim=1)
 
 
-def nll_per_review(model: nn.Module, sequences: Sequence[Sequence[int]], pad_id: int,
-                   batch_size: int = 256) -> float:
+def nll_per_review(model: nn.Module, sequences: Sequence[Sequence[int]], pad_id: int, batch_size: int = 256) -> float:
     """Mean NLL per review in nats: comparable with the source entropy, which no model can beat."""
     model.eval()
     total = 0.0
     for start in range(0, len(sequences), batch_size):
-        total += sequence_nll(model, collate(sequences[start:start + batch_size], pad_id)).sum().item()
+        total += sequence_nll(model, collate(sequences[start : start + batch_size], pad_id)).sum().item()
     return total / len(sequences)
 
 
 @torch.no_grad()
-def estimate_loss(model: nn.Module, streams: dict[str, torch.Tensor], config: LMTrainConfig,
-                  generator: torch.Generator) -> dict[str, float]:
+def estimate_loss(
+    model: nn.Module, streams: dict[str, torch.Tensor], config: LMTrainConfig, generator: torch.Generator
+) -> dict[str, float]:
     """Mean per-token loss on a few random batches of each split (cheap, for the training log)."""
     model.eval()
     out = {}
     for name, stream in streams.items():
-        losses = [model(**get_batch(stream, config.batch_size, config.block_size, generator)).loss.item()
-                  for _ in range(config.eval_batches)]
+        losses = [
+            model(**get_batch(stream, config.batch_size, config.block_size, generator)).loss.item()
+            for _ in range(config.eval_batches)
+        ]
         out[name] = sum(losses) / len(losses)
     model.train()
     return out
@@ -187,14 +197,18 @@ def make_optimizer(model: nn.Module, config: LMTrainConfig) -> torch.optim.AdamW
     """AdamW with weight decay on matrices only (not on biases, norms or embeddings' gains)."""
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": config.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
 
 
-def train_lm(model: nn.Module, train: Sequence[Sequence[int]], val: Sequence[Sequence[int]],
-             config: LMTrainConfig, progress: bool = True,
-             callback: Callable[[int, dict], None] | None = None) -> list[dict]:
+def train_lm(
+    model: nn.Module,
+    train: Sequence[Sequence[int]],
+    val: Sequence[Sequence[int]],
+    config: LMTrainConfig,
+    progress: bool = True,
+    callback: Callable[[int, dict], None] | None = None,
+) -> list[dict]:
     """Train ``model`` in place; returns the log (one dict per evaluation).
 
     ``callback(step, record)`` is called at every evaluation, e.g. to redraw a live loss curve.
@@ -217,9 +231,14 @@ def train_lm(model: nn.Module, train: Sequence[Sequence[int]], val: Sequence[Seq
         optimizer.step()
         if (step + 1) % config.eval_every == 0 or step == config.steps - 1:
             losses = estimate_loss(model, streams, config, generator)
-            record = {"step": step + 1, "lr": get_lr(step, config), "grad_norm": grad_norm.item(),
-                      "train_loss": losses["train"], "val_loss": losses["val"],
-                      "seconds": time.perf_counter() - start}
+            record = {
+                "step": step + 1,
+                "lr": get_lr(step, config),
+                "grad_norm": grad_norm.item(),
+                "train_loss": losses["train"],
+                "val_loss": losses["val"],
+                "seconds": time.perf_counter() - start,
+            }
             log.append(record)
             bar.set_postfix(train=f"{losses['train']:.3f}", val=f"{losses['val']:.3f}")
             if callback is not None:

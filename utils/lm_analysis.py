@@ -11,12 +11,13 @@ Notebooks 04 and 05 ask the same questions of the base LM again and again:
 The answers are plain numbers and lists, so tests can check them against hand computations and the
 notebooks can plot them however they like.
 """
+
 from __future__ import annotations
 
 import collections
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -32,8 +33,9 @@ from utils.seed import set_seed
 # ------------------------------------------------------------------------------------------------
 
 
-def per_review_nll(model: nn.Module, sequences: Sequence[Sequence[int]], pad_id: int,
-                   batch_size: int = 256) -> torch.Tensor:
+def per_review_nll(
+    model: nn.Module, sequences: Sequence[Sequence[int]], pad_id: int, batch_size: int = 256
+) -> torch.Tensor:
     """NLL in nats of each ``[BOS] ... [EOS]`` sequence (tokens after BOS), shape (N,).
 
     The mean of this is :func:`utils.language_model.nll_per_review`; keeping every value lets us
@@ -42,8 +44,10 @@ def per_review_nll(model: nn.Module, sequences: Sequence[Sequence[int]], pad_id:
     if not sequences:
         raise ValueError("per_review_nll needs at least one sequence, got none")
     model.eval()
-    chunks = [sequence_nll(model, collate(sequences[start:start + batch_size], pad_id))
-              for start in range(0, len(sequences), batch_size)]
+    chunks = [
+        sequence_nll(model, collate(sequences[start : start + batch_size], pad_id))
+        for start in range(0, len(sequences), batch_size)
+    ]
     return torch.cat(chunks)
 
 
@@ -54,11 +58,10 @@ def per_review_nll(model: nn.Module, sequences: Sequence[Sequence[int]], pad_id:
 
 def ngrams(words: Sequence[str], n: int) -> list[tuple[str, ...]]:
     """The ``n``-grams of a word sequence, in order (none if the sequence is shorter than ``n``)."""
-    return [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
 
 
-def distinct_n(texts: Sequence[str], n: int,
-               tokenize: Callable[[str], list[str]] = rw.split_words) -> float:
+def distinct_n(texts: Sequence[str], n: int, tokenize: Callable[[str], list[str]] = rw.split_words) -> float:
     """Distinct-n (Li et al., 2016): unique ``n``-grams / all ``n``-grams, pooled over ``texts``.
 
     1.0 means no ``n``-gram ever repeats; a model that always writes the same review scores close
@@ -89,9 +92,18 @@ def word_entropy(texts: Sequence[str], tokenize: Callable[[str], list[str]] = rw
 # ------------------------------------------------------------------------------------------------
 
 
-def sample_texts(model: nn.Module, tokenizer: PreTrainedTokenizerBase, n: int, temperature: float = 1.0,
-                 top_k: int = 0, top_p: float = 1.0, do_sample: bool = True, max_new_tokens: int = 96,
-                 prompt: str = "", seed: int = 0) -> tuple[list[str], float]:
+def sample_texts(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    n: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    do_sample: bool = True,
+    max_new_tokens: int = 96,
+    prompt: str = "",
+    seed: int = 0,
+) -> tuple[list[str], float]:
     """``n`` continuations of ``prompt`` (empty: free samples from BOS) and the share that reached EOS.
 
     Texts are decoded without special tokens and include the prompt, so they can go straight to
@@ -99,22 +111,33 @@ def sample_texts(model: nn.Module, tokenizer: PreTrainedTokenizerBase, n: int, t
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"sample_texts: n must be an int >= 1, got {n!r}")
-    config = SamplingConfig(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
-                            top_k=top_k, top_p=top_p, eos_token_id=tokenizer.eos_token_id,
-                            pad_token_id=tokenizer.pad_token_id)
+    config = SamplingConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     prompt_ids = tokenizer(prompt)["input_ids"]  # starts with BOS: the tokenizer adds it
     input_ids = torch.tensor([prompt_ids] * n, dtype=torch.long)  # (n, T) every row the same prompt
     model.eval()
-    out = generate_with_logprobs(model, input_ids, config=config,
-                                 generator=torch.Generator().manual_seed(seed))
-    generated = out.sequences[:, input_ids.size(1):]  # (n, N)
+    out = generate_with_logprobs(model, input_ids, config=config, generator=torch.Generator().manual_seed(seed))
+    generated = out.sequences[:, input_ids.size(1) :]  # (n, N)
     finished = (generated == tokenizer.eos_token_id).any(dim=1).float().mean().item()
     texts = tokenizer.batch_decode(out.sequences, skip_special_tokens=True)
     return texts, finished
 
 
-def grammatical_fraction(model: nn.Module, tokenizer: PreTrainedTokenizerBase, n: int, seed: int,
-                         max_new_tokens: int = 96, temperature: float = 1.0) -> tuple[float, list[str]]:
+def grammatical_fraction(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    n: int,
+    seed: int,
+    max_new_tokens: int = 96,
+    temperature: float = 1.0,
+) -> tuple[float, list[str]]:
     """Share of ``n`` free samples (from BOS, pure sampling) that the review grammar accepts, and the samples.
 
     The ``lm`` stage's headline number: a base LM that learned the grammar writes grammatical reviews.
@@ -122,8 +145,12 @@ def grammatical_fraction(model: nn.Module, tokenizer: PreTrainedTokenizerBase, n
     set_seed(seed)
     model.eval()
     input_ids = torch.full((n, 1), tokenizer.bos_token_id, dtype=torch.long)
-    config = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature,
-                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = SamplingConfig(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     generator = torch.Generator().manual_seed(seed)
     sequences = generate(model, input_ids, config=config, generator=generator)
     texts = tokenizer.batch_decode(sequences, skip_special_tokens=True)
@@ -161,8 +188,14 @@ def sample_stats(texts: Sequence[str], finished_fraction: float = 1.0) -> Sample
     )
 
 
-def decoding_sweep(model: nn.Module, tokenizer: PreTrainedTokenizerBase, settings: Sequence[dict],
-                   n: int = 200, max_new_tokens: int = 96, seed: int = 0) -> list[dict]:
+def decoding_sweep(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    settings: Sequence[dict],
+    n: int = 200,
+    max_new_tokens: int = 96,
+    seed: int = 0,
+) -> list[dict]:
     """One row per decoding setting: the setting (e.g. ``{"temperature": 0.7}``) plus its sample stats.
 
     Every setting samples ``n`` free reviews with the same seed, so rows differ only by the setting.
@@ -190,8 +223,15 @@ def token_label(tokenizer: PreTrainedTokenizerBase, token_id: int) -> str:
     return "␣" + text[1:] if text.startswith(" ") else text
 
 
-def next_token_table(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompt: str, temperature: float = 1.0,
-                     top_k: int = 0, top_p: float = 1.0, top_n: int = 10) -> list[tuple[str, float, float]]:
+def next_token_table(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    top_n: int = 10,
+) -> list[tuple[str, float, float]]:
     """The ``top_n`` most likely next tokens after ``prompt``: ``(label, raw prob, prob after the knobs)``.
 
     Sorted by raw probability, so the same rows appear whatever the knobs; the knobs only move the
@@ -231,5 +271,11 @@ def compute_budget(params: int, tokens: int, tokens_per_param: float = CHINCHILL
     if not tokens_per_param > 0:
         raise ValueError(f"compute_budget: tokens_per_param must be > 0, got {tokens_per_param!r}")
     optimal = round(tokens_per_param * params)
-    return ComputeBudget(params=params, tokens=tokens, flops=6.0 * params * tokens, chinchilla_tokens=optimal,
-                         chinchilla_flops=6.0 * params * optimal, tokens_vs_chinchilla=tokens / optimal)
+    return ComputeBudget(
+        params=params,
+        tokens=tokens,
+        flops=6.0 * params * tokens,
+        chinchilla_tokens=optimal,
+        chinchilla_flops=6.0 * params * optimal,
+        tokens_vs_chinchilla=tokens / optimal,
+    )

@@ -6,6 +6,7 @@ redone, so an interrupted run resumes where it stopped, and a notebook that need
 call ``utils.stages.load_base_lm()`` and get it whether or not the pipeline ran before. This module only
 runs stages in order and merges each stage's measured figures into ``results/metrics.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,8 +14,8 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from utils.artifacts import atomic_write_json, read_json_or_reset, run_dir
 from utils.profiles import Profile, get_profile
@@ -99,8 +100,12 @@ def run(stages: list[str] | None = None, profile_name: str | None = None) -> dic
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default=None, help="course (default) or tiny")
-    parser.add_argument("--stages", nargs="*", default=None,
-                        help=f"stages to run, from {list(STAGES)} (default: {list(DEFAULT_STAGES)})")
+    parser.add_argument(
+        "--stages",
+        nargs="*",
+        default=None,
+        help=f"stages to run, from {list(STAGES)} (default: {list(DEFAULT_STAGES)})",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:  # usage errors: the arguments and the environment, checked before any stage runs

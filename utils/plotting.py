@@ -1,4 +1,5 @@
 """Small plotting helpers shared by the notebooks, the pipeline and REPORT.md's figures."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -5,6 +5,7 @@ classifier, or wrapped by PEFT): the backbone's hidden states of a left-padded b
 projection, and the logits of the response tokens at a sampling temperature. These helpers answer them
 for any of those wrappers, so that the policy, the reference and the reward model are read the same way.
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,8 +31,12 @@ def hidden_states(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     backbone = getattr(model, model.base_model_prefix)
     if bool(attention_mask.all()):
         return backbone(input_ids=input_ids, use_cache=False).last_hidden_state
-    return backbone(input_ids=input_ids, attention_mask=attention_mask,
-                    position_ids=position_ids_from_mask(attention_mask), use_cache=False).last_hidden_state
+    return backbone(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+    ).last_hidden_state
 
 
 def lm_head(model: nn.Module) -> nn.Module:
@@ -41,15 +46,20 @@ def lm_head(model: nn.Module) -> nn.Module:
     return model.get_output_embeddings()
 
 
-def response_logits(model: nn.Module, query_responses: torch.Tensor, attention_mask: torch.Tensor,
-                    context_length: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def response_logits(
+    model: nn.Module,
+    query_responses: torch.Tensor,
+    attention_mask: torch.Tensor,
+    context_length: int,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Tempered logits of the response tokens (B, R, V), and the hidden states that predicted them (B, R, C).
 
     The token at position t is predicted from position t - 1, so the response (positions P .. P+R-1) is
     predicted by positions P-1 .. P+R-2. Only those R positions go through the (vocabulary-sized) head.
     """
     # contiguous: a strided slice would send the head's matmul down a slower batched path
-    hidden = hidden_states(model, query_responses, attention_mask)[:, context_length - 1:-1].contiguous()  # (B, R, C)
+    hidden = hidden_states(model, query_responses, attention_mask)[:, context_length - 1 : -1].contiguous()  # (B, R, C)
     return tempered_logits(lm_head(model), hidden, temperature), hidden
 
 

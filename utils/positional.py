@@ -15,6 +15,7 @@ shuffled. Word order has to be injected. Three classic ways, all here:
 Positions are always passed explicitly as integer tensors (``(T,)`` or ``(B, T)``) so that callers
 with left padding can hand in their own position ids.
 """
+
 from __future__ import annotations
 
 import math
@@ -51,8 +52,7 @@ def _check_positions(positions: torch.Tensor, max_len: int) -> None:
         raise ValueError(f"positions must be an integer tensor, got dtype {positions.dtype}")
     if positions.numel() and (positions.min() < 0 or positions.max() >= max_len):
         raise ValueError(
-            f"positions must lie in [0, {max_len}), "
-            f"got range [{int(positions.min())}, {int(positions.max())}]"
+            f"positions must lie in [0, {max_len}), got range [{int(positions.min())}, {int(positions.max())}]"
         )
 
 

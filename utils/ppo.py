@@ -45,6 +45,7 @@ update* as 1 process with the same global batch (``tests/test_ppo_multiprocess.p
 Everything random at update ``u`` is drawn from generators seeded from ``(seed, u)``, so a run resumed
 from a checkpoint continues exactly as if it had never stopped.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,9 +54,10 @@ import os
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -63,13 +65,27 @@ from torch import nn
 
 from utils.config_checks import check, check_bool, check_choice, check_int, check_names, check_number
 from utils.decoding import left_pad
-from utils.distributed import (Processes, RunningMoments, global_explained_variance, global_masked_mean,
-                               global_masked_whiten)
+from utils.distributed import (
+    Processes,
+    RunningMoments,
+    global_explained_variance,
+    global_masked_mean,
+    global_masked_whiten,
+)
 from utils.policy_model import gpt2_parts, hidden_states, last_true_index, response_logits, use_fused_gelu
 from utils.ppo_logs import write_log
-from utils.ppo_losses import (AdaptiveKLController, FixedKLController, clipped_policy_loss,
-                              clipped_value_loss, entropy_from_logits, gae_for_token_sequences, kl_k1, kl_k3,
-                              logprobs_from_logits, masked_mean)
+from utils.ppo_losses import (
+    AdaptiveKLController,
+    FixedKLController,
+    clipped_policy_loss,
+    clipped_value_loss,
+    entropy_from_logits,
+    gae_for_token_sequences,
+    kl_k1,
+    kl_k3,
+    logprobs_from_logits,
+    masked_mean,
+)
 from utils.rollout import Samples, sample_responses
 
 if TYPE_CHECKING:
@@ -190,15 +206,27 @@ class PPOConfig:
     """updates between checkpoints (and one at the end) when the trainer has an output_dir; 0: only at the end"""
 
     def __post_init__(self) -> None:
-        for name in ("total_episodes", "batch_size", "num_minibatches", "ppo_epochs", "response_length",
-                     "lora_r", "lora_alpha", "kl_horizon"):
+        for name in (
+            "total_episodes",
+            "batch_size",
+            "num_minibatches",
+            "ppo_epochs",
+            "response_length",
+            "lora_r",
+            "lora_alpha",
+            "kl_horizon",
+        ):
             check_int(self, name, ge=1)
         for name in ("seed", "checkpoint_every"):
             check_int(self, name, ge=0)
         check_int(self, "generation_batch_size", ge=1, none_ok=True)
         check(self, "total_episodes", self.total_episodes >= self.batch_size, f">= batch_size ({self.batch_size})")
-        check(self, "batch_size", self.batch_size % self.num_minibatches == 0,
-              f"divisible by num_minibatches ({self.num_minibatches})")
+        check(
+            self,
+            "batch_size",
+            self.batch_size % self.num_minibatches == 0,
+            f"divisible by num_minibatches ({self.num_minibatches})",
+        )
         for name in ("temperature", "lr", "adam_eps", "max_grad_norm", "kl_target"):
             check_number(self, name, gt=0)
         for name in ("vf_coef", "ent_coef", "kl_coef", "missing_eos_penalty"):
@@ -218,6 +246,7 @@ class PPOConfig:
     def num_updates(self) -> int:
         """Number of rollout + optimisation rounds in the run."""
         return self.total_episodes // self.batch_size
+
 
 # ---------------------------------------------------------------------------------------------------------
 # Randomness: one independent stream per purpose and moment
@@ -252,8 +281,9 @@ def reward_model_fn(reward_model: nn.Module) -> RewardFn:
     return score
 
 
-def decode_episodes(tokenizer: PreTrainedTokenizerBase, query_responses: torch.Tensor,
-                    context_length: int) -> tuple[list[str], list[str]]:
+def decode_episodes(
+    tokenizer: PreTrainedTokenizerBase, query_responses: torch.Tensor, context_length: int
+) -> tuple[list[str], list[str]]:
     """(prompts, responses) as text; special tokens (BOS, EOS, PAD) are dropped."""
     prompts = tokenizer.batch_decode(query_responses[:, :context_length], skip_special_tokens=True)
     responses = tokenizer.batch_decode(query_responses[:, context_length:], skip_special_tokens=True)
@@ -273,8 +303,9 @@ def text_reward_fn(fn: Callable[[str], float], tokenizer: PreTrainedTokenizerBas
 # ---------------------------------------------------------------------------------------------------------
 # Rewards
 # ---------------------------------------------------------------------------------------------------------
-def penalise_missing_eos(scores: torch.Tensor, responses: torch.Tensor, eos_token_id: int,
-                         penalty: float) -> torch.Tensor:
+def penalise_missing_eos(
+    scores: torch.Tensor, responses: torch.Tensor, eos_token_id: int, penalty: float
+) -> torch.Tensor:
     """Subtract ``penalty`` from the score (B,) of every response (B, R) that contains no EOS.
 
     A cut-off response is not a finished answer, yet the reward model scores it anyway (at its last
@@ -285,8 +316,14 @@ def penalise_missing_eos(scores: torch.Tensor, responses: torch.Tensor, eos_toke
     return scores - penalty * (~has_eos).to(scores.dtype)
 
 
-def per_token_rewards(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, scores: torch.Tensor,
-                      beta: float, kl_estimator: str = "k1") -> tuple[torch.Tensor, torch.Tensor]:
+def per_token_rewards(
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    scores: torch.Tensor,
+    beta: float,
+    kl_estimator: str = "k1",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """RLHF's reward per response token (B, R): ``-beta * KL_t`` everywhere, plus the score at the last token.
 
     KL_t is the per-token estimate of KL(policy || reference) from the sampled token: k1 = log p - log p_ref
@@ -326,33 +363,38 @@ class PolicyAndValue(nn.Module):
         else:
             self.value_head = None
 
-    def forward(self, query_responses: torch.Tensor, attention_mask: torch.Tensor, context_length: int,
-                temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, query_responses: torch.Tensor, attention_mask: torch.Tensor, context_length: int, temperature: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Tempered logits of the response tokens (B, R, V) and the values of the states before them (B, R).
 
         V at response position t estimates the return from the state "prompt + first t response tokens",
         i.e. it is read at the same position that predicts token t.
         """
-        logits, hidden = response_logits(self.policy, query_responses, attention_mask, context_length,
-                                          temperature)
+        logits, hidden = response_logits(self.policy, query_responses, attention_mask, context_length, temperature)
         if self.value_head is not None:
             return logits, self.value_head(hidden).squeeze(-1)  # (B, R)
         return logits, self.values(query_responses, attention_mask, context_length)
 
-    def values(self, query_responses: torch.Tensor, attention_mask: torch.Tensor, context_length: int
-               ) -> torch.Tensor:
+    def values(self, query_responses: torch.Tensor, attention_mask: torch.Tensor, context_length: int) -> torch.Tensor:
         """Values (B, R) from the separate value model, read at the positions that predict the response."""
         hidden = hidden_states(self.value_model, query_responses, attention_mask)  # (B, T, C)
-        return self.value_model.score(hidden[:, context_length - 1:-1]).squeeze(-1).float()
+        return self.value_model.score(hidden[:, context_length - 1 : -1]).squeeze(-1).float()
 
 
 def add_lora(policy: nn.Module, config: PPOConfig) -> nn.Module:
     """Wrap ``policy`` in a PEFT LoRA model: frozen weights plus trainable low-rank updates."""
     from peft import LoraConfig, get_peft_model
 
-    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
-                      target_modules=list(config.lora_target_modules), fan_in_fan_out=True,  # GPT-2's Conv1D
-                      bias="none", task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=0.0,
+        target_modules=list(config.lora_target_modules),
+        fan_in_fan_out=True,  # GPT-2's Conv1D
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     with warnings.catch_warnings():
         # PEFT still reads transformers' renamed `is_gradient_checkpointing`: harmless, and not ours to fix.
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -404,10 +446,19 @@ class PPOTrainer:
         output_dir: where the log (CSV, JSON) and checkpoints go; None keeps everything in memory.
     """
 
-    def __init__(self, config: PPOConfig, policy: nn.Module, ref_policy: nn.Module | None, reward_fn: RewardFn,
-                 prompts: Sequence[Sequence[int]], pad_token_id: int, eos_token_id: int,
-                 value_model: nn.Module | None = None, gold_fn: RewardFn | None = None,
-                 output_dir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        config: PPOConfig,
+        policy: nn.Module,
+        ref_policy: nn.Module | None,
+        reward_fn: RewardFn,
+        prompts: Sequence[Sequence[int]],
+        pad_token_id: int,
+        eos_token_id: int,
+        value_model: nn.Module | None = None,
+        gold_fn: RewardFn | None = None,
+        output_dir: str | Path | None = None,
+    ) -> None:
         self.config = config
         self.processes = Processes.current()
         self._check_setup(policy, ref_policy, value_model, prompts, pad_token_id, eos_token_id)
@@ -431,8 +482,11 @@ class PPOTrainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         # fused: one kernel updates every tensor (the default loops over tensors in Python on a CPU)
         self.optimizer = torch.optim.Adam(self.params, lr=config.lr, eps=config.adam_eps, fused=True)
-        self.kl_controller = (AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
-                              if config.adaptive_kl else FixedKLController(config.kl_coef))
+        self.kl_controller = (
+            AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
+            if config.adaptive_kl
+            else FixedKLController(config.kl_coef)
+        )
         self.score_moments = RunningMoments()
         self.update = 0  # updates done so far
         self.log: list[dict] = []
@@ -444,17 +498,25 @@ class PPOTrainer:
             raise ValueError(f"batch_size {c.batch_size} must be divisible by the number of processes {world}")
         local = c.batch_size // world
         if c.generation_batch_size is not None and local % c.generation_batch_size:
-            raise ValueError(f"the per-process batch ({local}) must be divisible by generation_batch_size "
-                             f"({c.generation_batch_size})")
+            raise ValueError(
+                f"the per-process batch ({local}) must be divisible by generation_batch_size "
+                f"({c.generation_batch_size})"
+            )
         if c.use_lora and ref_policy is not None:
-            raise ValueError("with use_lora=True the reference is the policy with its adapter disabled: "
-                             "pass ref_policy=None")
+            raise ValueError(
+                "with use_lora=True the reference is the policy with its adapter disabled: pass ref_policy=None"
+            )
         if not c.use_lora and ref_policy is None:
             raise ValueError("ref_policy is required (a frozen copy of the initial policy) unless use_lora=True")
         if (c.value_model == "model") != (value_model is not None):
-            raise ValueError(f"value_model={c.value_model!r} needs "
-                             + ("a value_model module (e.g. a copy of the reward model)" if c.value_model == "model"
-                                else "value_model=None (the value head lives on the policy)"))
+            raise ValueError(
+                f"value_model={c.value_model!r} needs "
+                + (
+                    "a value_model module (e.g. a copy of the reward model)"
+                    if c.value_model == "model"
+                    else "value_model=None (the value head lives on the policy)"
+                )
+            )
         gpt2_parts(policy)  # the rollout sampler is written for GPT-2
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("prompts must be a non-empty list of non-empty token-id lists")
@@ -465,8 +527,10 @@ class PPOTrainer:
         for name, model in models.items():
             limit = getattr(getattr(model, "config", None), "n_positions", None)
             if limit is not None and longest + c.response_length > limit:
-                raise ValueError(f"the longest prompt ({longest} tokens) + response_length ({c.response_length}) "
-                                 f"exceeds the {name}'s context of {limit} positions")
+                raise ValueError(
+                    f"the longest prompt ({longest} tokens) + response_length ({c.response_length}) "
+                    f"exceeds the {name}'s context of {limit} positions"
+                )
 
     # ----- the algorithm ---------------------------------------------------------------------------------
     def step(self) -> dict[str, float]:
@@ -486,11 +550,17 @@ class PPOTrainer:
         elapsed = time.perf_counter() - start
         stats.update(train_stats)
         stats.update(timings)
-        stats.update({
-            "update": self.update, "episode": self.update * c.batch_size, "lr": self.optimizer.param_groups[0]["lr"],
-            "beta": beta, "time/update": elapsed, "eps": c.batch_size / elapsed,
-            "tokens_per_second": stats["val/response_length"] * c.batch_size / elapsed,
-        })
+        stats.update(
+            {
+                "update": self.update,
+                "episode": self.update * c.batch_size,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "beta": beta,
+                "time/update": elapsed,
+                "eps": c.batch_size / elapsed,
+                "tokens_per_second": stats["val/response_length"] * c.batch_size / elapsed,
+            }
+        )
         self.log.append(stats)
         return stats
 
@@ -523,12 +593,25 @@ class PPOTrainer:
         if c.normalize_scores:
             self.score_moments.update(scores, self.processes)
             scores = (scores - self.score_moments.mean) / math.sqrt(self.score_moments.var + 1e-8)
-        batch = Rollout(queries, responses, query_responses, attention_mask, mask, samples.logprobs, ref_logprobs,
-                        values, samples.entropy, scores, raw_scores, (responses == self.eos_token_id).any(dim=1))
+        batch = Rollout(
+            queries,
+            responses,
+            query_responses,
+            attention_mask,
+            mask,
+            samples.logprobs,
+            ref_logprobs,
+            values,
+            samples.entropy,
+            scores,
+            raw_scores,
+            (responses == self.eos_token_id).any(dim=1),
+        )
 
         # 3. Rewards: -beta * KL per token, plus the score at the last real token.
-        batch.non_score_rewards, batch.rewards = per_token_rewards(batch.logprobs, ref_logprobs, mask, scores,
-                                                                   beta, c.kl_estimator)
+        batch.non_score_rewards, batch.rewards = per_token_rewards(
+            batch.logprobs, ref_logprobs, mask, scores, beta, c.kl_estimator
+        )
         if c.whiten_rewards:
             batch.rewards = global_masked_whiten(batch.rewards, mask, self.processes, shift_mean=False)
 
@@ -549,7 +632,7 @@ class PPOTrainer:
         batch = [self.prompts[i] for i in indices]
         length = max(len(p) for p in batch)
         lo = self.processes.rank * self.local_batch_size
-        return left_pad(batch[lo:lo + self.local_batch_size], self.pad_token_id, length)
+        return left_pad(batch[lo : lo + self.local_batch_size], self.pad_token_id, length)
 
     def _prompt_order(self, epoch: int) -> list[int]:
         """The order of the prompts in pass ``epoch`` over them (a permutation seeded from (seed, epoch))."""
@@ -566,29 +649,46 @@ class PPOTrainer:
             rows = slice(g * self.generation_batch_size, (g + 1) * self.generation_batch_size)
             group = self.processes.rank * groups_per_process + g  # global index: the same in any process layout
             generator = torch.Generator().manual_seed(derived_seed(self.config.seed, SAMPLING_STREAM, update, group))
-            groups.append(sample_responses(self.model.policy, queries[rows], query_mask[rows],
-                                           self.config.response_length, self.config.temperature, self.eos_token_id,
-                                           self.pad_token_id, generator, self.model.value_head))
+            groups.append(
+                sample_responses(
+                    self.model.policy,
+                    queries[rows],
+                    query_mask[rows],
+                    self.config.response_length,
+                    self.config.temperature,
+                    self.eos_token_id,
+                    self.pad_token_id,
+                    generator,
+                    self.model.value_head,
+                )
+            )
         # Groups stop at their own longest response: pad them to the longest of this process's batch.
         length = max(g.responses.shape[1] for g in groups)
 
         def cat(name: str, fill) -> torch.Tensor | None:
             if getattr(groups[0], name) is None:
                 return None
-            padded = [nn.functional.pad(getattr(g, name), (0, length - g.responses.shape[1]), value=fill)
-                      for g in groups]
+            padded = [
+                nn.functional.pad(getattr(g, name), (0, length - g.responses.shape[1]), value=fill) for g in groups
+            ]
             return torch.cat(padded).contiguous()
 
-        return Samples(cat("responses", self.pad_token_id), cat("mask", False), cat("logprobs", 0.0),
-                       cat("entropy", 0.0), cat("values", 0.0))
+        return Samples(
+            cat("responses", self.pad_token_id),
+            cat("mask", False),
+            cat("logprobs", 0.0),
+            cat("entropy", 0.0),
+            cat("values", 0.0),
+        )
 
     def _ref_logprobs(self, query_responses: torch.Tensor, attention_mask: torch.Tensor, P: int) -> torch.Tensor:
         """log p_ref of the sampled tokens, at the same temperature as the policy's."""
         responses = query_responses[:, P:]
         if self.config.use_lora:  # the reference is the policy without its adapter
             with self.model.policy.disable_adapter():
-                logits, _ = response_logits(self.model.policy, query_responses, attention_mask, P,
-                                            self.config.temperature)
+                logits, _ = response_logits(
+                    self.model.policy, query_responses, attention_mask, P, self.config.temperature
+                )
         else:
             logits, _ = response_logits(self.ref_policy, query_responses, attention_mask, P, self.config.temperature)
         return logprobs_from_logits(logits, responses)
@@ -609,7 +709,7 @@ class PPOTrainer:
             generator = torch.Generator().manual_seed(derived_seed(c.seed, MINIBATCH_STREAM, update, epoch))
             order = torch.randperm(c.batch_size, generator=generator)
             for start in range(0, c.batch_size, minibatch_size):
-                ids = order[start:start + minibatch_size]
+                ids = order[start : start + minibatch_size]
                 rows = ids[(ids >= lo) & (ids < lo + b)] - lo  # the minibatch's episodes held here
                 local_tokens = batch.mask[rows].sum()
                 tokens = processes.sum(local_tokens.float())
@@ -628,18 +728,28 @@ class PPOTrainer:
     def minibatch_loss(self, batch: Rollout, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The PPO loss of the episodes ``rows`` (a mean over their valid tokens) and its statistics."""
         c, mask = self.config, batch.mask[rows]
-        logits, new_values = self.model(batch.query_responses[rows], batch.attention_mask[rows],
-                                        batch.context_length, c.temperature)
+        logits, new_values = self.model(
+            batch.query_responses[rows], batch.attention_mask[rows], batch.context_length, c.temperature
+        )
         new_logprobs = logprobs_from_logits(logits, batch.responses[rows])  # (m, R)
-        pg_loss, pg = clipped_policy_loss(new_logprobs, batch.logprobs[rows], batch.advantages[rows], mask,
-                                          c.clip_range)
-        vf_loss, vf = clipped_value_loss(new_values, batch.values[rows], batch.returns[rows], mask,
-                                         c.clip_range_value)
+        pg_loss, pg = clipped_policy_loss(
+            new_logprobs, batch.logprobs[rows], batch.advantages[rows], mask, c.clip_range
+        )
+        vf_loss, vf = clipped_value_loss(new_values, batch.values[rows], batch.returns[rows], mask, c.clip_range_value)
         loss = pg_loss + c.vf_coef * vf_loss
         if c.ent_coef > 0:  # the bonus needs the entropy of the whole distribution: a pass over (m, R, V)
             loss = loss - c.ent_coef * masked_mean(entropy_from_logits(logits), mask)
-        stats = torch.stack([pg_loss.detach(), vf_loss.detach(), pg["approx_kl_squared"], pg["approx_kl"],
-                             pg["clipfrac"], vf["vf_clipfrac"], pg["ratio_mean"]])
+        stats = torch.stack(
+            [
+                pg_loss.detach(),
+                vf_loss.detach(),
+                pg["approx_kl_squared"],
+                pg["approx_kl"],
+                pg["clipfrac"],
+                vf["vf_clipfrac"],
+                pg["ratio_mean"],
+            ]
+        )
         return loss, stats
 
     def _sum_gradients(self) -> None:
@@ -650,14 +760,15 @@ class PPOTrainer:
         flat = self.processes.sum(torch.cat([g.reshape(-1) for g in grads]))
         offset = 0
         for p in self.params:
-            p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
+            p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
             offset += p.numel()
 
     def _set_lr(self, update: int) -> None:
         c = self.config
         progress = update / c.num_updates  # 0 at the first update
-        factor = {"constant": 1.0, "linear": 1.0 - progress,
-                  "cosine": 0.5 * (1.0 + math.cos(math.pi * progress))}[c.lr_schedule]
+        factor = {"constant": 1.0, "linear": 1.0 - progress, "cosine": 0.5 * (1.0 + math.cos(math.pi * progress))}[
+            c.lr_schedule
+        ]
         for group in self.optimizer.param_groups:
             group["lr"] = c.lr * factor
 
@@ -682,7 +793,8 @@ class PPOTrainer:
         if self.gold_fn is not None:
             with torch.no_grad():
                 per_episode["objective/gold_reward"] = self.gold_fn(
-                    batch.query_responses, batch.attention_mask, batch.context_length).float()
+                    batch.query_responses, batch.attention_mask, batch.context_length
+                ).float()
         stats = {k: global_masked_mean(v, ones, processes).item() for k, v in per_episode.items()}
         stats["policy/entropy_avg"] = global_masked_mean(batch.entropy, mask, processes).item()
         stats["val/num_eos_tokens"] = processes.sum(batch.has_eos.sum().float()).item()
@@ -702,13 +814,21 @@ class PPOTrainer:
         if self.output_dir is not None and self.update == 0 and self.checkpoint_path.is_file():
             self.load_checkpoint(self.checkpoint_path)
         stop = c.num_updates if max_updates is None else min(c.num_updates, self.update + max_updates)
-        with tqdm(total=c.num_updates, initial=self.update, desc="PPO", unit="update",
-                  disable=not progress or self.processes.rank != 0) as bar:
+        with tqdm(
+            total=c.num_updates,
+            initial=self.update,
+            desc="PPO",
+            unit="update",
+            disable=not progress or self.processes.rank != 0,
+        ) as bar:
             while self.update < stop:
                 stats = self.step()
                 bar.update(1)
-                bar.set_postfix(score=f"{stats['objective/scores']:.3f}", kl=f"{stats['objective/kl']:.2f}",
-                                eps=f"{stats['eps']:.1f}")
+                bar.set_postfix(
+                    score=f"{stats['objective/scores']:.3f}",
+                    kl=f"{stats['objective/kl']:.2f}",
+                    eps=f"{stats['eps']:.1f}",
+                )
                 if self.output_dir is not None:
                     self.write_log(self.output_dir)
                     every = c.checkpoint_every
@@ -723,9 +843,15 @@ class PPOTrainer:
         return self.output_dir / "checkpoint.pt"
 
     def state_dict(self) -> dict:
-        return {"config": dataclasses.asdict(self.config), "update": self.update, "log": self.log,
-                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "beta": self.kl_controller.beta, "score_moments": self.score_moments.state_dict()}
+        return {
+            "config": dataclasses.asdict(self.config),
+            "update": self.update,
+            "log": self.log,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "beta": self.kl_controller.beta,
+            "score_moments": self.score_moments.state_dict(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         saved = {k: tuple(v) if isinstance(v, list) else v for k, v in state["config"].items()}
@@ -761,8 +887,15 @@ class PPOTrainer:
             write_log(self.log, folder)
 
 
-TRAIN_STATS = ("loss/policy_avg", "loss/value_avg", "policy/approxkl_avg", "policy/approxkl_k3_avg",
-               "policy/clipfrac_avg", "val/clipfrac_avg", "val/ratio")
+TRAIN_STATS = (
+    "loss/policy_avg",
+    "loss/value_avg",
+    "policy/approxkl_avg",
+    "policy/approxkl_k3_avg",
+    "policy/clipfrac_avg",
+    "val/clipfrac_avg",
+    "val/ratio",
+)
 
 
 class _timer:

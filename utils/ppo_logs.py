@@ -1,12 +1,14 @@
 """A PPO run's log (one dict per update, with TRL's names) on disk, and its dashboard figure."""
+
 from __future__ import annotations
 
 import csv
 import io
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from utils.artifacts import atomic_write_json, atomic_write_text
 
@@ -33,8 +35,14 @@ def read_log(path: str | Path) -> list[dict]:
 
 
 DASHBOARD_PANELS = (  # (title, [(log key, label), ...])
-    ("reward", [("objective/scores", "score (proxy)"), ("objective/rlhf_reward", "score - beta KL"),
-                ("objective/gold_reward", "gold")]),
+    (
+        "reward",
+        [
+            ("objective/scores", "score (proxy)"),
+            ("objective/rlhf_reward", "score - beta KL"),
+            ("objective/gold_reward", "gold"),
+        ],
+    ),
     ("KL to reference (nats / response)", [("objective/kl", "k1"), ("objective/kl_k3", "k3")]),
     ("beta", [("beta", "beta")]),
     ("clip fraction", [("policy/clipfrac_avg", "policy"), ("val/clipfrac_avg", "value")]),

@@ -14,6 +14,7 @@ References: Schulman et al. 2017 (PPO) and 2016 (GAE); CleanRL's ppo.py; Huang e
 Implementation Details of RLHF with PPO" (2023) and TRL's original PPOTrainer; Ziegler et al. 2019 for
 the adaptive KL controller; Schulman, "Approximating KL Divergence" (2020) for the k1/k2/k3 estimators.
 """
+
 from __future__ import annotations
 
 import math
@@ -270,9 +271,7 @@ def clipped_value_loss(
     stats (detached scalars): vf_clipfrac (fraction of positions where the clipped term is the larger one,
     so the gradient is cut), value_error (mean squared error of the unclipped prediction).
     """
-    if clip_range_value is not None and not (
-        isinstance(clip_range_value, (int, float)) and clip_range_value > 0
-    ):
+    if clip_range_value is not None and not (isinstance(clip_range_value, (int, float)) and clip_range_value > 0):
         raise ValueError(f"clip_range_value must be a positive number or None, got {clip_range_value!r}")
     _check_same_shape(values=values, old_values=old_values, returns=returns)
     keep = _bool_mask(mask, values)

@@ -23,6 +23,7 @@ is followed by one space, which holds for every row of the HH-RLHF slice (checke
 Rows are plain dicts, so everything here works on a list of dicts and, via `dataset.map`, on a
 `datasets.Dataset`. Columns other than the ones a function converts are carried over untouched.
 """
+
 from __future__ import annotations
 
 import csv
@@ -30,9 +31,10 @@ import gzip
 import io
 import json
 import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 # The role -> tag map of HH-RLHF transcripts ("\n\nHuman: hi\n\nAssistant: hello").
 HH_ROLE_TAGS: dict[str, str] = {"user": "Human", "assistant": "Assistant"}
@@ -392,7 +394,9 @@ def validate_preference_rows(
         if not row_problems and not explicit_prompt and (split := _shared_prompt_split(row, prompt_boundary)):
             for column in ("chosen", "rejected"):
                 if message := _text_problem(split[column], conversational):
-                    row_problems.append(Problem(i, column, f"after the prompt it shares with the other column: {message}"))
+                    row_problems.append(
+                        Problem(i, column, f"after the prompt it shares with the other column: {message}")
+                    )
         problems += row_problems
         if row_problems or max_length is None:
             continue
@@ -445,8 +449,9 @@ def _hh_explicit_row(record: Any) -> dict[str, str]:
         raise TypeError(f"expected a JSON object with 'chosen' and 'rejected', got {type(record).__name__}")
     chosen, rejected = record["chosen"], record["rejected"]
     if not (isinstance(chosen, str) and isinstance(rejected, str)):
-        raise TypeError(f"'chosen' and 'rejected' must be strings, got {type(chosen).__name__} and "
-                        f"{type(rejected).__name__}")
+        raise TypeError(
+            f"'chosen' and 'rejected' must be strings, got {type(chosen).__name__} and {type(rejected).__name__}"
+        )
     if chosen != rejected:
         return to_explicit_prompt({"chosen": chosen, "rejected": rejected}, boundary=HH_ASSISTANT_PROMPT)
     # Identical transcripts share everything, so the prompt ends at the last assistant tag of the whole
@@ -469,9 +474,10 @@ def _decode(path: Path) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        line = data[:err.start].count(b"\n") + 1
-        raise ValueError(f"{path}, line {line}: not UTF-8 text (byte {data[err.start]:#04x}); "
-                         "save the file as UTF-8") from err
+        line = data[: err.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path}, line {line}: not UTF-8 text (byte {data[err.start]:#04x}); save the file as UTF-8"
+        ) from err
 
 
 def _read_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
@@ -493,8 +499,9 @@ def _read_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
             if not fields:  # a blank line
                 continue
             if len(fields) != len(header):
-                raise ValueError(f"{path}, {where}: {len(fields)} field(s), but the header (line 1) names "
-                                 f"{len(header)}: {header}")
+                raise ValueError(
+                    f"{path}, {where}: {len(fields)} field(s), but the header (line 1) names {len(header)}: {header}"
+                )
             records.append((where, dict(zip(header, fields))))
         return records
     if suffix in (".jsonl", ".json"):
@@ -558,8 +565,7 @@ def load_imdb(path: str | Path, clean_html: bool = True) -> list[dict[str, Any]]
         text_column, label_column = "review", "sentiment"
     else:
         raise ValueError(
-            f"{path}: columns {sorted(columns)} match neither IMDB schema: "
-            "('text', 'label') or ('review', 'sentiment')"
+            f"{path}: columns {sorted(columns)} match neither IMDB schema: ('text', 'label') or ('review', 'sentiment')"
         )
 
     rows = []

@@ -6,6 +6,7 @@
 The optional hub profile (gpt2, IMDB, HH-RLHF; needs internet and a GPU) is described in the README;
 it reuses the same code with hub loaders and is never part of the default path.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -93,21 +94,44 @@ PROFILES: dict[str, Profile] = {
     # Tiny: a few hundred rows and a few dozen steps; the numbers it gives mean nothing.
     "tiny": Profile(
         name="tiny",
-        data=DataConfig(lm_train_size=2_000, lm_val_size=200, instruction_train_size=300,
-                        instruction_test_size=30, preference_train_size=300, preference_test_size=100,
-                        rl_prompt_train_size=64, rl_prompt_test_size=32),
+        data=DataConfig(
+            lm_train_size=2_000,
+            lm_val_size=200,
+            instruction_train_size=300,
+            instruction_test_size=30,
+            preference_train_size=300,
+            preference_test_size=100,
+            rl_prompt_train_size=64,
+            rl_prompt_test_size=32,
+        ),
         tokenizer=TokenizerConfig(corpus_size=2_000),
         lm=LMConfig(n_layer=2, n_head=2, n_embd=32, n_positions=256),
         lm_train=LMTrainConfig(steps=30, batch_size=8, block_size=32, warmup_steps=5, eval_every=15, eval_batches=2),
         grammar_samples=50,
         sft=SFTConfig(epochs=1.0, batch_size=16, eval_max_new_tokens=48, train_lora=True),
-        rm=RewardModelConfig(steps=30, batch_size=16, warmup_steps=5, eval_every=15, eval_pairs=64,
-                             normalisation_texts=200, train_trl=True, encoder_n_embd=32, encoder_n_layer=1,
-                             encoder_n_head=2, encoder_steps=30, encoder_batch_size=16),
+        rm=RewardModelConfig(
+            steps=30,
+            batch_size=16,
+            warmup_steps=5,
+            eval_every=15,
+            eval_pairs=64,
+            normalisation_texts=200,
+            train_trl=True,
+            encoder_n_embd=32,
+            encoder_n_layer=1,
+            encoder_n_head=2,
+            encoder_steps=30,
+            encoder_batch_size=16,
+        ),
         ppo=PPOConfig(total_episodes=64, batch_size=16, num_minibatches=2, ppo_epochs=2, response_length=24),
-        evaluation=EvalConfig(num_prompts=16, batch_size=16, table_rows=4,
-                              sweep=SweepConfig(betas=(0.0, 1.0), total_episodes=32, batch_size=16, evaluations=1,
-                                                eval_prompts=16, samples_kept=2)),
+        evaluation=EvalConfig(
+            num_prompts=16,
+            batch_size=16,
+            table_rows=4,
+            sweep=SweepConfig(
+                betas=(0.0, 1.0), total_episodes=32, batch_size=16, evaluations=1, eval_prompts=16, samples_kept=2
+            ),
+        ),
     ),
 }
 

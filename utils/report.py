@@ -38,10 +38,7 @@ class Difference:
 
     def __str__(self) -> str:
         where = f"line {self.line}" if self.line else "the blank lines before line 1"
-        return (
-            f"{self.source}, {where}: the assembly has {list(self.expected)}, "
-            f"REPORT.md has {list(self.found)}"
-        )
+        return f"{self.source}, {where}: the assembly has {list(self.expected)}, REPORT.md has {list(self.found)}"
 
 
 def chapter_paths(chapter_dir: Path = CHAPTER_DIR) -> list[Path]:

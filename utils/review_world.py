@@ -30,13 +30,14 @@ probability is the product of the choices that produced it, and the recogniser (
 recursive-descent parser) recovers those choices. ``tests/test_review_world.py`` checks that the
 probability the sampler records equals the one the parser computes, review by review.
 """
+
 from __future__ import annotations
 
 import math
 import random
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 from utils.config_checks import check, check_int, check_number, check_numbers
 
@@ -44,27 +45,61 @@ from utils.config_checks import check, check_int, check_number, check_numbers
 # The lexicon: (word or phrase, sampling weight, sentiment value in [-1, 1])
 # --------------------------------------------------------------------------------------------
 ASPECTS: tuple[tuple[str, float], ...] = (
-    ("acting", 3.0), ("plot", 3.0), ("music", 2.0), ("ending", 2.0), ("dialogue", 1.5),
-    ("pacing", 1.5), ("cast", 1.5), ("script", 1.5), ("soundtrack", 1.0),
-    ("cinematography", 1.0), ("direction", 1.0), ("humour", 1.0),
+    ("acting", 3.0),
+    ("plot", 3.0),
+    ("music", 2.0),
+    ("ending", 2.0),
+    ("dialogue", 1.5),
+    ("pacing", 1.5),
+    ("cast", 1.5),
+    ("script", 1.5),
+    ("soundtrack", 1.0),
+    ("cinematography", 1.0),
+    ("direction", 1.0),
+    ("humour", 1.0),
 )
 ADJECTIVES: dict[int, tuple[tuple[str, float, float], ...]] = {
-    +1: (("superb", 1.0, 1.0), ("brilliant", 1.5, 0.9), ("wonderful", 1.5, 0.9),
-         ("excellent", 1.5, 0.85), ("great", 3.0, 0.8), ("moving", 1.0, 0.7),
-         ("charming", 1.0, 0.6), ("good", 3.0, 0.5), ("solid", 1.5, 0.4), ("decent", 1.0, 0.3)),
-    -1: (("awful", 1.5, -1.0), ("terrible", 1.5, -0.95), ("dreadful", 1.0, -0.9),
-         ("boring", 2.5, -0.8), ("dull", 2.0, -0.7), ("clumsy", 1.0, -0.6), ("weak", 2.0, -0.5),
-         ("bland", 1.5, -0.4), ("forgettable", 1.0, -0.35), ("mediocre", 1.5, -0.3)),
+    +1: (
+        ("superb", 1.0, 1.0),
+        ("brilliant", 1.5, 0.9),
+        ("wonderful", 1.5, 0.9),
+        ("excellent", 1.5, 0.85),
+        ("great", 3.0, 0.8),
+        ("moving", 1.0, 0.7),
+        ("charming", 1.0, 0.6),
+        ("good", 3.0, 0.5),
+        ("solid", 1.5, 0.4),
+        ("decent", 1.0, 0.3),
+    ),
+    -1: (
+        ("awful", 1.5, -1.0),
+        ("terrible", 1.5, -0.95),
+        ("dreadful", 1.0, -0.9),
+        ("boring", 2.5, -0.8),
+        ("dull", 2.0, -0.7),
+        ("clumsy", 1.0, -0.6),
+        ("weak", 2.0, -0.5),
+        ("bland", 1.5, -0.4),
+        ("forgettable", 1.0, -0.35),
+        ("mediocre", 1.5, -0.3),
+    ),
 }
 VERBS: dict[int, tuple[tuple[str, float, float], ...]] = {
-    +1: (("loved", 3.0, 1.0), ("adored", 1.0, 1.0), ("enjoyed", 3.0, 0.7), ("admired", 1.0, 0.6),
-         ("liked", 2.0, 0.5)),
-    -1: (("hated", 2.0, -1.0), ("loathed", 1.0, -1.0), ("could not stand", 1.0, -0.9),
-         ("disliked", 2.0, -0.6), ("did not like", 1.5, -0.5)),
+    +1: (("loved", 3.0, 1.0), ("adored", 1.0, 1.0), ("enjoyed", 3.0, 0.7), ("admired", 1.0, 0.6), ("liked", 2.0, 0.5)),
+    -1: (
+        ("hated", 2.0, -1.0),
+        ("loathed", 1.0, -1.0),
+        ("could not stand", 1.0, -0.9),
+        ("disliked", 2.0, -0.6),
+        ("did not like", 1.5, -0.5),
+    ),
 }
 # A degree word scales the adjective's sentiment (clipped to [-1, 1]).
 DEGREES: tuple[tuple[str, float, float], ...] = (
-    ("very", 2.0, 1.25), ("really", 1.5, 1.25), ("quite", 1.5, 0.8), ("rather", 1.0, 0.7),
+    ("very", 2.0, 1.25),
+    ("really", 1.5, 1.25),
+    ("quite", 1.5, 0.8),
+    ("rather", 1.0, 0.7),
 )
 
 # How much each clause of a two-clause sentence counts: a contrast lets the second clause win.
@@ -149,8 +184,7 @@ class ParsedReview:
     @property
     def sentiment(self) -> float:
         """Weighted mean of sentence sentiments, in [-1, 1]; > 0 means a positive review."""
-        values = [sum(w * c.value for w, c in zip(CLAUSE_WEIGHTS[f], s))
-                  for f, s in zip(self.forms, self.sentences)]
+        values = [sum(w * c.value for w, c in zip(CLAUSE_WEIGHTS[f], s)) for f, s in zip(self.forms, self.sentences)]
         weights = [1.0] * len(values)
         if self.closing_value is not None:
             values.append(self.closing_value)
@@ -197,8 +231,7 @@ class ReviewGenerator:
     def __init__(self, config: GrammarConfig | None = None, seed: int = 0):
         self.config = config or GrammarConfig()
         self.rng = random.Random(seed)
-        self._log_sentence_count = [math.log(p) if p > 0 else -math.inf
-                                    for p in self.config.sentence_count_probs]
+        self._log_sentence_count = [math.log(p) if p > 0 else -math.inf for p in self.config.sentence_count_probs]
 
     def _pick(self, table: dict[str, tuple[float, float]]) -> tuple[str, float, float]:
         words = list(table)
@@ -298,7 +331,7 @@ class _Parser:
     def lookup_phrase(self, table: dict[str, tuple[float, float]]) -> tuple[str, float, float]:
         for phrase, (lp, value) in table.items():
             parts = phrase.split()
-            if self.words[self.pos:self.pos + len(parts)] == parts:
+            if self.words[self.pos : self.pos + len(parts)] == parts:
                 self.pos += len(parts)
                 return phrase, lp, value
         raise _Reject(f"unexpected word {self.peek()!r} at word {self.pos}")
@@ -491,8 +524,7 @@ def source_entropy(rows: Sequence[dict]) -> tuple[float, float]:
 def opening(text: str) -> str | None:
     """The words of a review before its first sentiment-bearing word (an RL prompt), if >= 2 words."""
     words = split_words(text)
-    sentiment_words = {w for table in (*_ADJ.values(), *_VERB.values()) for phrase in table
-                       for w in phrase.split()[:1]}
+    sentiment_words = {w for table in (*_ADJ.values(), *_VERB.values()) for phrase in table for w in phrase.split()[:1]}
     for i, word in enumerate(words):
         if word in sentiment_words:
             return render(words[:i]) if i >= 2 else None
@@ -510,8 +542,9 @@ def rl_prompts(n: int, seed: int, config: GrammarConfig | None = None) -> list[d
     return rows
 
 
-def sample_completions(prompts: Sequence[str], k: int, seed: int, pool_size: int = 200_000,
-                       config: GrammarConfig | None = None) -> list[list[str]]:
+def sample_completions(
+    prompts: Sequence[str], k: int, seed: int, pool_size: int = 200_000, config: GrammarConfig | None = None
+) -> list[list[str]]:
     """``k`` continuations from the generator for each prompt (exact conditional samples).
 
     Sampling from p(review | review starts with prompt) by drawing a pool of reviews and keeping
@@ -524,7 +557,7 @@ def sample_completions(prompts: Sequence[str], k: int, seed: int, pool_size: int
         text = generator.sample()
         prompt = opening(text)
         if prompt in wanted and len(wanted[prompt]) < needed[prompt]:
-            wanted[prompt].append(text[len(prompt):])
+            wanted[prompt].append(text[len(prompt) :])
             if all(len(v) >= needed[p] for p, v in wanted.items()):
                 break
     missing = [p for p, v in wanted.items() if len(v) < needed[p]]
@@ -533,7 +566,7 @@ def sample_completions(prompts: Sequence[str], k: int, seed: int, pool_size: int
     cursor = {p: 0 for p in wanted}
     out = []
     for p in prompts:
-        out.append(wanted[p][cursor[p]:cursor[p] + k])
+        out.append(wanted[p][cursor[p] : cursor[p] + k])
         cursor[p] += k
     return out
 
@@ -558,17 +591,27 @@ def instruction_pairs(n: int, seed: int, config: GrammarConfig | None = None) ->
         text = generator.sample()
         parsed = parse(text, config)
         if task == "summarise":
-            rows.append({"prompt": f"Summarise the review: {text}\nSummary:",
-                         "completion": " " + parsed.summary(), "task": task})
+            rows.append(
+                {
+                    "prompt": f"Summarise the review: {text}\nSummary:",
+                    "completion": " " + parsed.summary(),
+                    "task": task,
+                }
+            )
         elif task == "write":
             label = "positive" if parsed.sentiment > 0 else "negative"
             aspect = parsed.clauses[0].aspect
-            rows.append({"prompt": f"Write a {label} review about the {aspect}.\nReview:",
-                         "completion": " " + text, "task": task})
+            rows.append(
+                {
+                    "prompt": f"Write a {label} review about the {aspect}.\nReview:",
+                    "completion": " " + text,
+                    "task": task,
+                }
+            )
         else:
             prompt = opening(text)
             if prompt is not None:
-                rows.append({"prompt": prompt, "completion": text[len(prompt):], "task": task})
+                rows.append({"prompt": prompt, "completion": text[len(prompt) :], "task": task})
     return rows
 
 
@@ -634,8 +677,9 @@ def bayes_optimal_accuracy(rows: Sequence[dict], config: AnnotatorConfig) -> flo
     return total / len(rows)
 
 
-def preference_pairs(n: int, seed: int, annotator: AnnotatorConfig | None = None,
-                     config: GrammarConfig | None = None) -> list[dict]:
+def preference_pairs(
+    n: int, seed: int, annotator: AnnotatorConfig | None = None, config: GrammarConfig | None = None
+) -> list[dict]:
     """``n`` labelled pairs: an RL prompt, two generator continuations, the annotator's choice."""
     prompts = [r["prompt"] for r in rl_prompts(n, seed, config)]
     completions = sample_completions(prompts, 2, seed + 1, config=config)

@@ -30,25 +30,32 @@ diagnostic (the annotators prefer longer answers: does the RM learn that?). Real
 has no gold reward: :func:`evaluate_preferences` reports accuracy, margin and calibration alone.
 
 Long texts: a model reads at most its ``n_positions`` tokens, and real dialogues are longer (in the course
-tokenizer, 65% of the HH-RLHF texts and 72% of its pairs exceed the course RM's 256). Training and evaluation cut such sequences to their first token
-(BOS) and their END, where the GPT head reads the score, and log how many pairs they cut
-(:func:`truncate_pairs`). TRL 1.16's ``RewardTrainer`` instead drops every pair longer than its
+tokenizer, 65% of the HH-RLHF texts and 72% of its pairs exceed the course RM's 256). Training and evaluation
+cut such sequences to their first token (BOS) and their END, where the GPT head reads the score, and log how
+many pairs they cut (:func:`truncate_pairs`). TRL 1.16's ``RewardTrainer`` instead drops every pair longer than its
 ``max_length``; our TRL wrapper hands it the same cut sequences as our loop.
 """
+
 from __future__ import annotations
 
 import logging
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
-from transformers import (BertConfig, BertForSequenceClassification, GPT2ForSequenceClassification,
-                          PreTrainedModel, PreTrainedTokenizerBase)
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    GPT2ForSequenceClassification,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from utils import review_world as rw
 from utils.config_checks import check, check_bool, check_choice, check_int, check_number, check_numbers
@@ -124,8 +131,19 @@ class RewardModelConfig:
 
     def __post_init__(self) -> None:
         check_choice(self, "init", INITS)
-        for name in ("steps", "batch_size", "encoder_steps", "encoder_batch_size", "eval_every", "eval_pairs", "normalisation_texts", "calibration_bins",
-                     "encoder_n_layer", "encoder_n_embd", "encoder_n_head"):
+        for name in (
+            "steps",
+            "batch_size",
+            "encoder_steps",
+            "encoder_batch_size",
+            "eval_every",
+            "eval_pairs",
+            "normalisation_texts",
+            "calibration_bins",
+            "encoder_n_layer",
+            "encoder_n_embd",
+            "encoder_n_head",
+        ):
             check_int(self, name, ge=1)
         for name in ("warmup_steps", "seed"):
             check_int(self, name, ge=0)
@@ -137,15 +155,20 @@ class RewardModelConfig:
         check_numbers(self, "betas", length=2, ge=0, lt=1)
         for name in ("shuffle", "train_encoder", "train_trl"):
             check_bool(self, name)
-        check(self, "encoder_n_embd", self.encoder_n_embd % self.encoder_n_head == 0,
-              f"divisible by encoder_n_head ({self.encoder_n_head})")
+        check(
+            self,
+            "encoder_n_embd",
+            self.encoder_n_embd % self.encoder_n_head == 0,
+            f"divisible by encoder_n_head ({self.encoder_n_head})",
+        )
 
 
 # ------------------------------------------------------------------------------------------------
 # The loss
 # ------------------------------------------------------------------------------------------------
-def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin: float | torch.Tensor = 0.0,
-                       reduction: str = "mean") -> torch.Tensor:
+def bradley_terry_loss(
+    r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin: float | torch.Tensor = 0.0, reduction: str = "mean"
+) -> torch.Tensor:
     """-log sigmoid(r_chosen - r_rejected - margin), averaged over pairs (``reduction="none"``: per pair).
 
     Written out as -log sigmoid(x) = log(1 + exp(-x)) = max(-x, 0) + log1p(exp(-|x|)): the naive
@@ -175,26 +198,35 @@ def build_gpt_reward_model(lm: nn.Module, pad_token_id: int, seed: int = 0) -> G
     constant would cancel in every difference anyway) starts near zero, so all rewards start near 0.
     """
     fields = {k: v for k, v in lm.config.to_dict().items() if k not in ("id2label", "label2id")}
-    config = lm.config.__class__.from_dict({**fields, "num_labels": 1, "pad_token_id": pad_token_id,
-                                            "architectures": ["GPT2ForSequenceClassification"]})
+    config = lm.config.__class__.from_dict(
+        {**fields, "num_labels": 1, "pad_token_id": pad_token_id, "architectures": ["GPT2ForSequenceClassification"]}
+    )
     set_seed(seed)
     model = GPT2ForSequenceClassification(config)
     model.transformer.load_state_dict(lm.transformer.state_dict())
     return model
 
 
-def build_encoder_reward_model(config: RewardModelConfig, tokenizer: PreTrainedTokenizerBase,
-                               max_positions: int = 256, seed: int = 0) -> BertForSequenceClassification:
+def build_encoder_reward_model(
+    config: RewardModelConfig, tokenizer: PreTrainedTokenizerBase, max_positions: int = 256, seed: int = 0
+) -> BertForSequenceClassification:
     """A small BERT-style encoder with a CLS head, randomly initialised (trained from scratch).
 
     BERT's head reads position 0 ([CLS]) through a tanh "pooler" then a linear layer. Our tokenizer puts
     BOS at position 0 of every text, so BOS is our CLS: no new token, no change to the encoding.
     """
     bert_config = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=config.encoder_n_embd, num_hidden_layers=config.encoder_n_layer,
-        num_attention_heads=config.encoder_n_head, intermediate_size=4 * config.encoder_n_embd,
-        max_position_embeddings=max_positions, type_vocab_size=1, pad_token_id=tokenizer.pad_token_id,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=1,
+        vocab_size=len(tokenizer),
+        hidden_size=config.encoder_n_embd,
+        num_hidden_layers=config.encoder_n_layer,
+        num_attention_heads=config.encoder_n_head,
+        intermediate_size=4 * config.encoder_n_embd,
+        max_position_embeddings=max_positions,
+        type_vocab_size=1,
+        pad_token_id=tokenizer.pad_token_id,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        num_labels=1,
     )
     set_seed(seed)
     return BertForSequenceClassification(bert_config)
@@ -213,8 +245,9 @@ def encode_texts(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase) -> li
     return tokenizer([with_eos(t, tokenizer) for t in texts])["input_ids"]
 
 
-def encode_pairs(rows: Sequence[dict], tokenizer: PreTrainedTokenizerBase,
-                 max_length: int | None = None) -> list[tuple[list[int], list[int]]]:
+def encode_pairs(
+    rows: Sequence[dict], tokenizer: PreTrainedTokenizerBase, max_length: int | None = None
+) -> list[tuple[list[int], list[int]]]:
     """TRL preference rows (explicit prompt) -> (chosen_ids, rejected_ids): prompt + completion, + EOS.
 
     ``max_length`` (e.g. ``model_positions(model)``) cuts longer sequences as :func:`truncate_pairs` does
@@ -233,8 +266,9 @@ def model_positions(model: nn.Module) -> int | None:
     return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
 
 
-def truncate_pairs(pairs: Sequence[tuple[list[int], list[int]]],
-                   max_length: int) -> tuple[list[tuple[list[int], list[int]]], int]:
+def truncate_pairs(
+    pairs: Sequence[tuple[list[int], list[int]]], max_length: int
+) -> tuple[list[tuple[list[int], list[int]]], int]:
     """Cut every sequence longer than ``max_length``; returns (pairs, number of pairs with a cut side).
 
     A cut sequence keeps its first token and its last ``max_length - 1``. The end holds the EOS where the
@@ -247,23 +281,30 @@ def truncate_pairs(pairs: Sequence[tuple[list[int], list[int]]],
         raise ValueError(f"max_length must be an int >= 2 (the first token and at least one more), got {max_length!r}")
 
     def cut(ids: list[int]) -> list[int]:
-        return ids if len(ids) <= max_length else [ids[0], *ids[len(ids) - max_length + 1:]]
+        return ids if len(ids) <= max_length else [ids[0], *ids[len(ids) - max_length + 1 :]]
 
     out = [(cut(chosen), cut(rejected)) for chosen, rejected in pairs]
     n_cut = sum(len(c) > max_length or len(r) > max_length for c, r in pairs)
     return out, n_cut
 
 
-def _truncate_and_report(pairs: Sequence[tuple[list[int], list[int]]], max_length: int | None,
-                         where: str) -> tuple[list[tuple[list[int], list[int]]], int]:
+def _truncate_and_report(
+    pairs: Sequence[tuple[list[int], list[int]]], max_length: int | None, where: str
+) -> tuple[list[tuple[list[int], list[int]]], int]:
     """:func:`truncate_pairs`, with a warning that says how many pairs were cut (None: nothing to cut to)."""
     if max_length is None:
         return list(pairs), 0
     out, n_cut = truncate_pairs(pairs, max_length)
     if n_cut:
-        logger.warning("%s: %d of %d pairs have a side longer than %d tokens; cut to their first token and "
-                       "their last %d (the end, where the score is read)", where, n_cut, len(pairs), max_length,
-                       max_length - 1)
+        logger.warning(
+            "%s: %d of %d pairs have a side longer than %d tokens; cut to their first token and "
+            "their last %d (the end, where the score is read)",
+            where,
+            n_cut,
+            len(pairs),
+            max_length,
+            max_length - 1,
+        )
     return out, n_cut
 
 
@@ -287,13 +328,13 @@ def pair_rewards(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torc
 # ------------------------------------------------------------------------------------------------
 # Our training loop
 # ------------------------------------------------------------------------------------------------
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float,
-                   betas: tuple[float, float]) -> torch.optim.AdamW:
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float]) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only (not on biases or LayerNorm gains)."""
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=betas)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=betas
+    )
 
 
 def lr_at(step: int, config: RewardModelConfig, lr: float | None = None) -> float:
@@ -318,26 +359,32 @@ def batch_indices(n: int, batch_size: int, steps: int, shuffle: bool, seed: int)
     batches: list[list[int]] = []
     while len(batches) < steps:
         order = torch.randperm(n, generator=generator).tolist() if shuffle else list(range(n))
-        batches.extend(order[i:i + batch_size] for i in range(0, n, batch_size))
+        batches.extend(order[i : i + batch_size] for i in range(0, n, batch_size))
     return batches[:steps]
 
 
 @torch.no_grad()
-def reward_margins(model: nn.Module, pairs: Sequence[tuple[list[int], list[int]]], pad_id: int,
-                   batch_size: int = 128) -> torch.Tensor:
+def reward_margins(
+    model: nn.Module, pairs: Sequence[tuple[list[int], list[int]]], pad_id: int, batch_size: int = 128
+) -> torch.Tensor:
     """r_chosen - r_rejected (len(pairs),) of encoded pairs that fit the model, without gradient."""
     was_training = model.training
     model.eval()
     margins = []
     for start in range(0, len(pairs), batch_size):
-        r_chosen, r_rejected = pair_rewards(model, collate_pairs(pairs[start:start + batch_size], pad_id))
+        r_chosen, r_rejected = pair_rewards(model, collate_pairs(pairs[start : start + batch_size], pad_id))
         margins.append(r_chosen - r_rejected)
     model.train(was_training)
     return torch.cat(margins)
 
 
-def evaluate_pairs(model: nn.Module, pairs: Sequence[tuple[list[int], list[int]]], pad_id: int,
-                   batch_size: int = 128, max_length: int | None = None) -> dict[str, float]:
+def evaluate_pairs(
+    model: nn.Module,
+    pairs: Sequence[tuple[list[int], list[int]]],
+    pad_id: int,
+    batch_size: int = 128,
+    max_length: int | None = None,
+) -> dict[str, float]:
     """Mean Bradley-Terry loss and accuracy (share of pairs with r_chosen > r_rejected).
 
     Sequences longer than ``max_length`` (default: the model's positions) are cut by :func:`truncate_pairs`,
@@ -349,11 +396,17 @@ def evaluate_pairs(model: nn.Module, pairs: Sequence[tuple[list[int], list[int]]
     return {"loss": loss.mean().item(), "accuracy": int((margins > 0).sum()) / len(pairs)}
 
 
-def train_reward_model(model: nn.Module, train: Sequence[tuple[list[int], list[int]]],
-                       val: Sequence[tuple[list[int], list[int]]], pad_id: int, config: RewardModelConfig,
-                       lr: float | None = None, optimizer: torch.optim.Optimizer | None = None,
-                       callback: Callable[[int, dict], None] | None = None,
-                       max_length: int | None = None) -> list[dict]:
+def train_reward_model(
+    model: nn.Module,
+    train: Sequence[tuple[list[int], list[int]]],
+    val: Sequence[tuple[list[int], list[int]]],
+    pad_id: int,
+    config: RewardModelConfig,
+    lr: float | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    callback: Callable[[int, dict], None] | None = None,
+    max_length: int | None = None,
+) -> list[dict]:
     """Train ``model`` in place on encoded pairs with the Bradley-Terry loss; returns the log.
 
     Every ``eval_every`` steps the log gets a record with the loss and accuracy on ``eval_pairs`` training
@@ -368,13 +421,14 @@ def train_reward_model(model: nn.Module, train: Sequence[tuple[list[int], list[i
     val, _ = _truncate_and_report(val, limit, "train_reward_model, held-out pairs")
     lr = lr or config.lr
     optimizer = optimizer or make_optimizer(model, lr, config.weight_decay, config.betas)
-    train_probe, val_probe = train[:config.eval_pairs], val[:config.eval_pairs]
+    train_probe, val_probe = train[: config.eval_pairs], val[: config.eval_pairs]
     log: list[dict] = []
     step_losses: list[float] = []
     start = time.perf_counter()
     model.train()
-    for step, index in enumerate(batch_indices(len(train), config.batch_size, config.steps, config.shuffle,
-                                               config.seed)):
+    for step, index in enumerate(
+        batch_indices(len(train), config.batch_size, config.steps, config.shuffle, config.seed)
+    ):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config, lr)
         r_chosen, r_rejected = pair_rewards(model, collate_pairs([train[i] for i in index], pad_id))
@@ -387,10 +441,17 @@ def train_reward_model(model: nn.Module, train: Sequence[tuple[list[int], list[i
         if (step + 1) % config.eval_every == 0 or step == config.steps - 1:
             train_eval = evaluate_pairs(model, train_probe, pad_id)
             val_eval = evaluate_pairs(model, val_probe, pad_id)
-            record = {"step": step + 1, "lr": lr_at(step, config, lr), "grad_norm": grad_norm.item(),
-                      "train_loss": train_eval["loss"], "train_accuracy": train_eval["accuracy"],
-                      "val_loss": val_eval["loss"], "val_accuracy": val_eval["accuracy"],
-                      "step_losses": step_losses, "seconds": time.perf_counter() - start}
+            record = {
+                "step": step + 1,
+                "lr": lr_at(step, config, lr),
+                "grad_norm": grad_norm.item(),
+                "train_loss": train_eval["loss"],
+                "train_accuracy": train_eval["accuracy"],
+                "val_loss": val_eval["loss"],
+                "val_accuracy": val_eval["accuracy"],
+                "step_losses": step_losses,
+                "seconds": time.perf_counter() - start,
+            }
             log.append(record)
             step_losses = []
             if callback is not None:
@@ -402,9 +463,15 @@ def train_reward_model(model: nn.Module, train: Sequence[tuple[list[int], list[i
 # ------------------------------------------------------------------------------------------------
 # TRL's RewardTrainer on the same data
 # ------------------------------------------------------------------------------------------------
-def build_trl_reward_trainer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: Sequence[dict],
-                             config: RewardModelConfig, output_dir: str | Path,
-                             optimizers: tuple | None = None, max_length: int | None = None) -> RewardTrainer:
+def build_trl_reward_trainer(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: Sequence[dict],
+    config: RewardModelConfig,
+    output_dir: str | Path,
+    optimizers: tuple | None = None,
+    max_length: int | None = None,
+) -> RewardTrainer:
     """TRL's ``RewardTrainer`` set up like our loop (same steps, schedule, clipping, batch size, seed).
 
     Pass ``optimizers=(optimizer, scheduler)`` to share an optimiser with our loop exactly (TRL's own
@@ -424,8 +491,12 @@ def build_trl_reward_trainer(model: PreTrainedModel, tokenizer: PreTrainedTokeni
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step, config) / config.lr)
         optimizers = (optimizer, scheduler)
     args = RewardConfig(
-        output_dir=str(output_dir), max_steps=config.steps, max_grad_norm=config.grad_clip,
-        learning_rate=config.lr, disable_dropout=True, center_rewards_coefficient=None,
+        output_dir=str(output_dir),
+        max_steps=config.steps,
+        max_grad_norm=config.grad_clip,
+        learning_rate=config.lr,
+        disable_dropout=True,
+        center_rewards_coefficient=None,
         max_length=None,  # TRL would DROP longer pairs; they are cut above, as in our loop
         train_sampling_strategy="random" if config.shuffle else "sequential",
         **offline_cpu_training_args(config.batch_size, config.seed),
@@ -434,8 +505,11 @@ def build_trl_reward_trainer(model: PreTrainedModel, tokenizer: PreTrainedTokeni
     pairs = encode_pairs(rows, tokenizer, max_length or model_positions(model))
     dataset = Dataset.from_list([{"chosen_ids": chosen, "rejected_ids": rejected} for chosen, rejected in pairs])
     with quiet_training():
-        return silence_trainer(RewardTrainer(model=model, args=args, processing_class=tokenizer,
-                                             train_dataset=dataset, optimizers=optimizers))
+        return silence_trainer(
+            RewardTrainer(
+                model=model, args=args, processing_class=tokenizer, train_dataset=dataset, optimizers=optimizers
+            )
+        )
 
 
 def trl_step_losses(trainer: RewardTrainer) -> list[float]:
@@ -447,27 +521,31 @@ def trl_step_losses(trainer: RewardTrainer) -> list[float]:
 # Scoring and normalisation
 # ------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def raw_scores(model: nn.Module, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
-               batch_size: int = 256) -> torch.Tensor:
+def raw_scores(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], batch_size: int = 256
+) -> torch.Tensor:
     """Unnormalised rewards (len(texts),) of whole texts (prompt + completion as one string)."""
     model.eval()
     encoded = encode_texts(texts, tokenizer)
     limit = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
     too_long = [i for i, ids in enumerate(encoded) if len(ids) > limit]
     if too_long:
-        raise ValueError(f"{len(too_long)} text(s) exceed the reward model's {limit} positions "
-                         f"(e.g. text {too_long[0]}: {len(encoded[too_long[0]])} tokens); shorten them")
+        raise ValueError(
+            f"{len(too_long)} text(s) exceed the reward model's {limit} positions "
+            f"(e.g. text {too_long[0]}: {len(encoded[too_long[0]])} tokens); shorten them"
+        )
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths: little padding
     scores = torch.empty(len(encoded))
     for start in range(0, len(order), batch_size):
-        index = order[start:start + batch_size]
+        index = order[start : start + batch_size]
         batch = right_pad([encoded[i] for i in index], tokenizer.pad_token_id)
         scores[index] = model(**batch).logits.squeeze(-1).float()
     return scores
 
 
-def set_normalisation(model: nn.Module, tokenizer: PreTrainedTokenizerBase, reference_texts: Sequence[str],
-                      batch_size: int = 256) -> tuple[float, float]:
+def set_normalisation(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, reference_texts: Sequence[str], batch_size: int = 256
+) -> tuple[float, float]:
     """Store the affine map that gives the reference texts mean 0 and std 1 in ``model.config``.
 
     Saved with the model (``config.json``) and applied by :func:`score_texts`. Bradley-Terry fixes rewards
@@ -483,8 +561,9 @@ def set_normalisation(model: nn.Module, tokenizer: PreTrainedTokenizerBase, refe
     return mean, std
 
 
-def score_texts(model: nn.Module, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
-                batch_size: int = 256) -> torch.Tensor:
+def score_texts(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], batch_size: int = 256
+) -> torch.Tensor:
     """Normalised rewards (len(texts),): ``(raw - mean) / std`` with the statistics stored in the model.
 
     ``texts`` are whole strings, prompt + completion (e.g. PPO's decoded rollouts); EOS is appended and
@@ -509,7 +588,7 @@ def rankdata(values: Sequence[float]) -> np.ndarray:
         end = start
         while end + 1 < len(values) and sorted_values[end + 1] == sorted_values[start]:
             end += 1
-        ranks[order[start:end + 1]] = (start + end) / 2 + 1  # mean of ranks start+1 .. end+1
+        ranks[order[start : end + 1]] = (start + end) / 2 + 1  # mean of ranks start+1 .. end+1
         start = end + 1
     return ranks
 
@@ -520,7 +599,7 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
         raise ValueError(f"spearman needs two sequences of the same length >= 2, got {len(x)} and {len(y)}")
     rx, ry = rankdata(x), rankdata(y)
     rx, ry = rx - rx.mean(), ry - ry.mean()
-    denominator = math.sqrt((rx ** 2).sum() * (ry ** 2).sum())
+    denominator = math.sqrt((rx**2).sum() * (ry**2).sum())
     if denominator == 0:
         raise ValueError("spearman is undefined when one sequence is constant")
     return float((rx * ry).sum() / denominator)
@@ -549,8 +628,15 @@ def calibration(prob_chosen: Sequence[float], n_bins: int = 10) -> dict:
             continue
         count, conf, acc = int(members.sum()), float(confidence[members].mean()), float(correct[members].mean())
         ece += count / len(p) * abs(acc - conf)
-        bins.append({"lower": float(edges[b]), "upper": float(edges[b + 1]), "count": count,
-                     "confidence": conf, "accuracy": acc})
+        bins.append(
+            {
+                "lower": float(edges[b]),
+                "upper": float(edges[b + 1]),
+                "count": count,
+                "confidence": conf,
+                "accuracy": acc,
+            }
+        )
     return {"ece": ece, "bins": bins}
 
 
@@ -566,15 +652,16 @@ def length_bias(scores: Sequence[float], gold: Sequence[float], words: Sequence[
     return {"gold_coefficient": float(a), "length_coefficient": float(b), "intercept": float(c)}
 
 
-def preference_probabilities(model: nn.Module, pairs: Sequence[tuple[list[int], list[int]]], pad_id: int,
-                             batch_size: int = 128) -> np.ndarray:
+def preference_probabilities(
+    model: nn.Module, pairs: Sequence[tuple[list[int], list[int]]], pad_id: int, batch_size: int = 128
+) -> np.ndarray:
     """sigmoid(r_chosen - r_rejected) for each encoded pair (longer pairs cut as :func:`truncate_pairs` does)."""
     pairs, _ = _truncate_and_report(pairs, model_positions(model), "preference_probabilities")
     model.eval()
     out = []
     with torch.no_grad():
         for start in range(0, len(pairs), batch_size):
-            r_chosen, r_rejected = pair_rewards(model, collate_pairs(pairs[start:start + batch_size], pad_id))
+            r_chosen, r_rejected = pair_rewards(model, collate_pairs(pairs[start : start + batch_size], pad_id))
             out.append(torch.sigmoid(r_chosen - r_rejected))
     return torch.cat(out).numpy()
 
@@ -590,22 +677,29 @@ def expected_accuracy(model_probs: Sequence[float], true_probs: Sequence[float])
     """
     model_probs, true_probs = np.asarray(model_probs, dtype=float), np.asarray(true_probs, dtype=float)
     if model_probs.shape != true_probs.shape or model_probs.ndim != 1 or len(model_probs) == 0:
-        raise ValueError(f"expected two equal-length, non-empty 1-d sequences, got shapes {model_probs.shape} "
-                         f"and {true_probs.shape}")
+        raise ValueError(
+            f"expected two equal-length, non-empty 1-d sequences, got shapes {model_probs.shape} and {true_probs.shape}"
+        )
     agree = np.where(model_probs > 0.5, true_probs, 1.0 - true_probs)
     agree = np.where(model_probs == 0.5, 0.5, agree)
     return float(agree.mean())
 
 
-def evaluate_reward_model(model: nn.Module, tokenizer: PreTrainedTokenizerBase, rows: Sequence[dict],
-                          annotator: rw.AnnotatorConfig, n_bins: int = 10) -> tuple[dict, dict]:
+def evaluate_reward_model(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: Sequence[dict],
+    annotator: rw.AnnotatorConfig,
+    n_bins: int = 10,
+) -> tuple[dict, dict]:
     """Held-out metrics of a reward model on labelled pairs ``rows``; returns (flat metrics, details).
 
     Metrics: ``heldout_accuracy`` (agreement with the sampled labels), ``heldout_expected_accuracy`` (the
     same, in expectation over the annotators' coin flips: on each pair, the probability that an annotator
     agrees with the model's choice), ``bayes_optimal_accuracy`` (what the annotators' own probabilities
-    would score, also in expectation: so the gap between the two is free of label noise), ``spearman_vs_gold`` (on every distinct text), ``ece`` and ``ece_bayes`` (the ECE of the
-    annotators' true probabilities: the floor set by having finitely many pairs), and the length-bias fit.
+    would score, also in expectation: so the gap between the two is free of label noise),
+    ``spearman_vs_gold`` (on every distinct text), ``ece`` and ``ece_bayes`` (the ECE of the annotators' true
+    probabilities: the floor set by having finitely many pairs), and the length-bias fit.
     Details: the reliability bins and the per-text scores, for plots.
     """
     pairs = encode_pairs(rows, tokenizer)
@@ -629,15 +723,21 @@ def evaluate_reward_model(model: nn.Module, tokenizer: PreTrainedTokenizerBase, 
         "annotator_gold_coefficient": 1 / annotator.temperature,
         "gold_length_coefficient": float(np.polyfit(words, gold, 1)[0]),  # does quality itself grow with length?
     }
-    details = {"reliability": reliability["bins"],
-               "texts": [{"text": t, "score": s, "gold": g, "words": w}
-                         for t, s, g, w in zip(texts, scores, gold, words)]}
+    details = {
+        "reliability": reliability["bins"],
+        "texts": [{"text": t, "score": s, "gold": g, "words": w} for t, s, g, w in zip(texts, scores, gold, words)],
+    }
     return metrics, details
 
 
-def evaluate_preferences(model: nn.Module, tokenizer: PreTrainedTokenizerBase, rows: Sequence[dict],
-                         n_bins: int = 10, max_length: int | None = None,
-                         batch_size: int = 128) -> tuple[dict, dict]:
+def evaluate_preferences(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: Sequence[dict],
+    n_bins: int = 10,
+    max_length: int | None = None,
+    batch_size: int = 128,
+) -> tuple[dict, dict]:
     """Metrics of a reward model on labelled pairs with no gold reward (real data, e.g. HH-RLHF).
 
     ``rows`` are explicit-prompt preference rows. Metrics: ``accuracy`` (share of pairs with r_chosen >
@@ -649,8 +749,9 @@ def evaluate_preferences(model: nn.Module, tokenizer: PreTrainedTokenizerBase, r
     """
     if not rows:
         raise ValueError("evaluate_preferences needs at least one row")
-    pairs, truncated = _truncate_and_report(encode_pairs(rows, tokenizer), max_length or model_positions(model),
-                                            "evaluate_preferences")
+    pairs, truncated = _truncate_and_report(
+        encode_pairs(rows, tokenizer), max_length or model_positions(model), "evaluate_preferences"
+    )
     margins = reward_margins(model, pairs, tokenizer.pad_token_id, batch_size).double()
     reliability = calibration(torch.sigmoid(margins).numpy(), n_bins)
     metrics = {

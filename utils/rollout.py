@@ -9,6 +9,7 @@ GPT-2 and written against its blocks directly: transformers' generic forward spe
 vocabulary entry where inverse-CDF sampling needs one per row. On the benchmark this halves the
 generation time. The test suite checks every recorded number against a plain teacher-forced forward.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,8 +32,9 @@ class Samples:
     values: torch.Tensor | None  # value-head output for the state before each token, None without a head
 
 
-def sample_token(logits: torch.Tensor, generator: torch.Generator | None
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def sample_token(
+    logits: torch.Tensor, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Draw one token per row from softmax(logits) (B, V) by inverse CDF: one uniform number per row.
 
     Returns (tokens (B,), their log-probabilities (B,), the entropy of each row's distribution (B,)).
@@ -47,9 +49,17 @@ def sample_token(logits: torch.Tensor, generator: torch.Generator | None
 
 
 @torch.no_grad()
-def sample_responses(policy: nn.Module, queries: torch.Tensor, query_mask: torch.Tensor, max_new_tokens: int,
-                     temperature: float, eos_token_id: int, pad_token_id: int, generator: torch.Generator | None,
-                     value_head: nn.Module | None = None) -> Samples:
+def sample_responses(
+    policy: nn.Module,
+    queries: torch.Tensor,
+    query_mask: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float,
+    eos_token_id: int,
+    pad_token_id: int,
+    generator: torch.Generator | None,
+    value_head: nn.Module | None = None,
+) -> Samples:
     """Continue left-padded prompts (B, P) with a GPT-2 policy (a PEFT wrapper keeps its adapters active).
 
     The prompt goes through once (prefill), then each step feeds one token per row, reusing keys and values
@@ -82,14 +92,17 @@ def sample_responses(policy: nn.Module, queries: torch.Tensor, query_mask: torch
     for step in range(max_new_tokens):
         n = tokens.shape[1]  # P at prefill, then 1
         x = backbone.wte(tokens) + backbone.wpe(positions)  # (B, n, C)
-        mask_now = attend[:, None] if step == 0 else key_ok[:, None, None, :start + n]  # (B, 1, n, keys)
+        mask_now = attend[:, None] if step == 0 else key_ok[:, None, None, : start + n]  # (B, 1, n, keys)
         for layer, block in enumerate(backbone.h):
             q, k, v = block.attn.c_attn(block.ln_1(x)).split(C, dim=-1)  # (B, n, C) each
-            keys[layer, :, :, start:start + n] = k.view(B, n, H, D).transpose(1, 2)
-            values_cache[layer, :, :, start:start + n] = v.view(B, n, H, D).transpose(1, 2)
+            keys[layer, :, :, start : start + n] = k.view(B, n, H, D).transpose(1, 2)
+            values_cache[layer, :, :, start : start + n] = v.view(B, n, H, D).transpose(1, 2)
             attn = nn.functional.scaled_dot_product_attention(
-                q.view(B, n, H, D).transpose(1, 2), keys[layer, :, :, :start + n],
-                values_cache[layer, :, :, :start + n], attn_mask=mask_now)  # (B, H, n, D)
+                q.view(B, n, H, D).transpose(1, 2),
+                keys[layer, :, :, : start + n],
+                values_cache[layer, :, :, : start + n],
+                attn_mask=mask_now,
+            )  # (B, H, n, D)
             x = x + block.attn.c_proj(attn.transpose(1, 2).reshape(B, n, C))
             x = x + block.mlp(block.ln_2(x))
         last = backbone.ln_f(x[:, -1])  # (B, C): the state the next token is sampled from
@@ -108,5 +121,10 @@ def sample_responses(policy: nn.Module, queries: torch.Tensor, query_mask: torch
         start += n
         tokens, positions = token[:, None], positions[:, -1:] + 1
     trim = slice(0, steps)
-    return Samples(responses[:, trim].contiguous(), mask[:, trim].contiguous(), logprobs[:, trim].contiguous(),
-                   entropy[:, trim].contiguous(), values[:, trim].contiguous() if values is not None else None)
+    return Samples(
+        responses[:, trim].contiguous(),
+        mask[:, trim].contiguous(),
+        logprobs[:, trim].contiguous(),
+        entropy[:, trim].contiguous(),
+        values[:, trim].contiguous() if values is not None else None,
+    )

@@ -11,6 +11,7 @@ Another CPU, or another thread count, sums floating point in another order: the 
 slightly different model. That is why every number the course claims is checked on several seeds
 (:mod:`utils.seed_study`), and why a different seed is the honest stand-in for a student's machine.
 """
+
 from __future__ import annotations
 
 import os
@@ -39,8 +40,9 @@ def _env_int(name: str, default: int, minimum: int) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise ValueError(f"environment variable {name}={raw!r} is not an integer; "
-                         f"set it to a whole number >= {minimum} or unset it") from None
+        raise ValueError(
+            f"environment variable {name}={raw!r} is not an integer; set it to a whole number >= {minimum} or unset it"
+        ) from None
     if value < minimum:
         raise ValueError(f"environment variable {name}={value} must be >= {minimum}")
     return value

@@ -3,7 +3,7 @@
 A trained number from one run is one draw. Another seed, or another CPU (which rounds floating point
 differently and so trains a slightly different model), gives another draw. This study runs the pipeline
 for each seed (``RLHF_SEED=N``; the artifacts of different seeds live side by side in ``results/``), and,
-as a stand-in for a machine change, repeats one seed with ``RLHF_NUM_THREADS=1`` in a separate results
+as a stand-in for a machine change, repeats one seed on another thread count in a separate results
 folder (the thread count is not part of an artifact's key, so its runs must not share the cache).
 
 It writes ``results/seed_study.json`` (for every metric: mean, sd, min, max and each seed's value; every
@@ -11,6 +11,7 @@ target of :mod:`utils.targets` on every seed) and ``results/seed_study.md`` (the
 
     python -m utils.seed_study --seeds 0 1 2 --threads-check 0      # what ``make seeds`` runs
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,15 +21,17 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from utils.artifacts import atomic_write_json, atomic_write_text, results_dir
+from utils.seed import configure_threads
 from utils.targets import MEAN_TARGETS, TARGETS
 
 
-def run_pipeline(seed: int, num_threads: int | None = None, results: Path | None = None,
-                 profile: str | None = None) -> dict:
+def run_pipeline(
+    seed: int, num_threads: int | None = None, results: Path | None = None, profile: str | None = None
+) -> dict:
     """Run ``python -m utils.pipeline`` for one seed in a subprocess and return its metrics.
 
     A subprocess, not a call: the seed and the thread count are read from the environment when the
@@ -42,15 +45,20 @@ def run_pipeline(seed: int, num_threads: int | None = None, results: Path | None
     command = [sys.executable, "-m", "utils.pipeline"] + (["--profile", profile] if profile else [])
     done = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"the pipeline failed for seed {seed} (threads {num_threads or 'default'}) with exit "
-                           f"code {done.returncode}; its log is above")
+        raise RuntimeError(
+            f"the pipeline failed for seed {seed} (threads {num_threads or 'default'}) with exit "
+            f"code {done.returncode}; its log is above"
+        )
     return json.loads(done.stdout)
 
 
 def numeric(metrics: Mapping[str, object]) -> dict[str, float]:
     """The metrics that are numbers (booleans and strings such as the profile name are left out)."""
-    return {k: float(v) for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    return {
+        k: float(v)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
 
 
 def summarise(runs: Mapping[int, Mapping[str, float]]) -> dict[str, dict]:
@@ -62,8 +70,13 @@ def summarise(runs: Mapping[int, Mapping[str, float]]) -> dict[str, dict]:
         values = [numeric(runs[s])[key] for s in seeds]
         mean = sum(values) / len(values)
         sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-        out[key] = {"mean": mean, "sd": sd, "min": min(values), "max": max(values),
-                    "values": dict(zip(map(str, seeds), values))}
+        out[key] = {
+            "mean": mean,
+            "sd": sd,
+            "min": min(values),
+            "max": max(values),
+            "values": dict(zip(map(str, seeds), values)),
+        }
     return out
 
 
@@ -73,68 +86,124 @@ def target_table(runs: Mapping[int, Mapping[str, float]]) -> list[dict]:
     for target in TARGETS:
         values = {str(s): target.measure(m) for s, m in sorted(runs.items())}
         worst = (min if target.higher_is_better else max)(values.values())
-        rows.append({"target": target.name, "description": target.description, "relation": target.relation,
-                     "bound": target.bound, "values": values, "worst": worst,
-                     "met_on_every_seed": all(target.met(m) for m in runs.values())})
+        rows.append(
+            {
+                "target": target.name,
+                "description": target.description,
+                "relation": target.relation,
+                "bound": target.bound,
+                "values": values,
+                "worst": worst,
+                "met_on_every_seed": all(target.met(m) for m in runs.values()),
+            }
+        )
     mean_metrics = {k: v["mean"] for k, v in summarise(runs).items()}
     for target in MEAN_TARGETS:
         value = target.measure(mean_metrics)
-        rows.append({"target": target.name, "description": target.description, "relation": target.relation,
-                     "bound": target.bound, "values": {"mean": value}, "worst": value,
-                     "met_on_every_seed": target.met(mean_metrics)})
+        rows.append(
+            {
+                "target": target.name,
+                "description": target.description,
+                "relation": target.relation,
+                "bound": target.bound,
+                "values": {"mean": value},
+                "worst": value,
+                "met_on_every_seed": target.met(mean_metrics),
+            }
+        )
     return rows
 
 
 def markdown(study: dict) -> str:
     """The study as markdown: the targets, then every metric's spread, then the thread comparison."""
     seeds = study["seeds"]
-    lines = [f"# Seed study: seeds {', '.join(map(str, seeds))} (profile {study['profile']})", "",
-             "## Targets (each must hold on every seed)", "",
-             "| target | bound | " + " | ".join(f"seed {s}" for s in seeds) + " | worst | met |",
-             "|---|---|" + "---:|" * len(seeds) + "---:|---|"]
+    lines = [
+        f"# Seed study: seeds {', '.join(map(str, seeds))} (profile {study['profile']})",
+        "",
+        "## Targets (each must hold on every seed)",
+        "",
+        "| target | bound | " + " | ".join(f"seed {s}" for s in seeds) + " | worst | met |",
+        "|---|---|" + "---:|" * len(seeds) + "---:|---|",
+    ]
     for row in study["targets"]:
         cells = [f"{row['values'].get(str(s), row['values'].get('mean', float('nan'))):.4g}" for s in seeds]
-        lines.append(f"| {row['target']} | {row['relation']} {row['bound']:g} | " + " | ".join(cells)
-                     + f" | {row['worst']:.4g} | {'yes' if row['met_on_every_seed'] else '**no**'} |")
-    lines += ["", "## Every metric: mean ± sd over seeds", "",
-              "| metric | mean | sd | min | max | " + " | ".join(f"seed {s}" for s in seeds) + " |",
-              "|---|---:|---:|---:|---:|" + "---:|" * len(seeds)]
+        lines.append(
+            f"| {row['target']} | {row['relation']} {row['bound']:g} | "
+            + " | ".join(cells)
+            + f" | {row['worst']:.4g} | {'yes' if row['met_on_every_seed'] else '**no**'} |"
+        )
+    lines += [
+        "",
+        "## Every metric: mean ± sd over seeds",
+        "",
+        "| metric | mean | sd | min | max | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+        "|---|---:|---:|---:|---:|" + "---:|" * len(seeds),
+    ]
     for key, row in study["metrics"].items():
-        lines.append(f"| `{key}` | {row['mean']:.4g} | {row['sd']:.2g} | {row['min']:.4g} | {row['max']:.4g} | "
-                     + " | ".join(f"{row['values'][str(s)]:.4g}" for s in seeds) + " |")
+        lines.append(
+            f"| `{key}` | {row['mean']:.4g} | {row['sd']:.2g} | {row['min']:.4g} | {row['max']:.4g} | "
+            + " | ".join(f"{row['values'][str(s)]:.4g}" for s in seeds)
+            + " |"
+        )
     threads = study.get("threads")
     if threads:
-        lines += ["", f"## Seed {threads['seed']} on 1 thread against the default "
-                      f"({threads['default_threads']} threads)", "",
-                  "A different thread count sums in a different order, as another CPU would: a model trained "
-                  "from the same seed differs in its last bits, and training amplifies that.", "",
-                  "| metric | default threads | 1 thread | difference | difference / seed sd |",
-                  "|---|---:|---:|---:|---:|"]
+        n, m = threads["threads"], threads["other_threads"]
+        lines += [
+            "",
+            f"## Seed {threads['seed']} on {m} thread(s) against the study's {n}",
+            "",
+            "A different thread count sums in a different order, as another CPU would: a model trained "
+            "from the same seed differs in its last bits, and training amplifies that.",
+            "",
+            f"| metric | {n} thread(s) | {m} thread(s) | difference | difference / seed sd |",
+            "|---|---:|---:|---:|---:|",
+        ]
         for key, row in threads["metrics"].items():
             ratio = row["difference_over_seed_sd"]
-            lines.append(f"| `{key}` | {row['default']:.4g} | {row['one_thread']:.4g} | {row['difference']:+.3g} | "
-                         + ("" if ratio is None else f"{ratio:.2f}") + " |")
+            lines.append(
+                f"| `{key}` | {row['study']:.4g} | {row['other']:.4g} | {row['difference']:+.3g} | "
+                + ("" if ratio is None else f"{ratio:.2f}")
+                + " |"
+            )
     return "\n".join(lines) + "\n"
 
 
-def thread_comparison(seed: int, default: Mapping[str, float], one_thread: Mapping[str, float],
-                      metrics: Mapping[str, dict], default_threads: int) -> dict:
-    """Metric by metric: the same seed on the default thread count and on 1 thread, against the seed sd."""
-    shared = sorted(set(numeric(default)) & set(numeric(one_thread)))
+def thread_comparison(
+    seed: int,
+    study_run: Mapping[str, float],
+    other_run: Mapping[str, float],
+    metrics: Mapping[str, dict],
+    threads: int,
+    other_threads: int,
+) -> dict:
+    """Metric by metric: one seed on the study's thread count and on another, against the spread over seeds."""
+    shared = sorted(set(numeric(study_run)) & set(numeric(other_run)))
     rows = {}
     for key in shared:
-        a, b = numeric(default)[key], numeric(one_thread)[key]
+        a, b = numeric(study_run)[key], numeric(other_run)[key]
         sd = metrics.get(key, {}).get("sd")
-        rows[key] = {"default": a, "one_thread": b, "difference": b - a,
-                     "difference_over_seed_sd": (abs(b - a) / sd) if sd else None}
-    return {"seed": seed, "default_threads": default_threads, "metrics": rows}
+        rows[key] = {
+            "study": a,
+            "other": b,
+            "difference": b - a,
+            "difference_over_seed_sd": (abs(b - a) / sd) if sd else None,
+        }
+    return {"seed": seed, "threads": threads, "other_threads": other_threads, "metrics": rows}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="run seeds (default: 0 1 2)")
-    parser.add_argument("--threads-check", type=int, default=None, metavar="SEED",
-                        help="also rerun SEED with RLHF_NUM_THREADS=1 (in results/threads-1/)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="RLHF_NUM_THREADS of the seed runs (default: the pipeline's)"
+    )
+    parser.add_argument(
+        "--threads-check",
+        type=int,
+        default=None,
+        metavar="SEED",
+        help="also rerun SEED on another thread count (1, or 2 if the study runs on 1), in results/threads-N/",
+    )
     parser.add_argument("--profile", default=None, help="course (default) or tiny")
     args = parser.parse_args(argv)
     if len(set(args.seeds)) < 2:
@@ -146,18 +215,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     for seed in args.seeds:
         start = time.perf_counter()
         print(f"seed study: pipeline with RLHF_SEED={seed} ...", file=sys.stderr, flush=True)
-        runs[seed] = run_pipeline(seed, profile=args.profile)
+        runs[seed] = run_pipeline(seed, num_threads=args.threads, profile=args.profile)
         seconds[seed] = time.perf_counter() - start
-    study = {"profile": next(iter(runs.values())).get("profile", args.profile or "course"), "seeds": sorted(runs),
-             "wall_seconds": {str(s): t for s, t in seconds.items()}, "metrics": summarise(runs),
-             "targets": target_table(runs)}
+    study = {
+        "profile": next(iter(runs.values())).get("profile", args.profile or "course"),
+        "seeds": sorted(runs),
+        "wall_seconds": {str(s): t for s, t in seconds.items()},
+        "metrics": summarise(runs),
+        "targets": target_table(runs),
+    }
     if args.threads_check is not None:
         seed = args.threads_check
-        print(f"seed study: seed {seed} again with RLHF_NUM_THREADS=1 ...", file=sys.stderr, flush=True)
-        default = runs[seed] if seed in runs else run_pipeline(seed, profile=args.profile)
-        one = run_pipeline(seed, num_threads=1, results=results_dir() / "threads-1", profile=args.profile)
-        study["threads"] = thread_comparison(seed, default, one, study["metrics"],
-                                             int(os.environ.get("RLHF_NUM_THREADS", 0)) or (os.cpu_count() or 1))
+        threads = args.threads or configure_threads()
+        other = 1 if threads != 1 else 2
+        print(f"seed study: seed {seed} again with RLHF_NUM_THREADS={other} ...", file=sys.stderr, flush=True)
+        study_run = runs[seed] if seed in runs else run_pipeline(seed, num_threads=threads, profile=args.profile)
+        other_run = run_pipeline(
+            seed, num_threads=other, results=results_dir() / f"threads-{other}", profile=args.profile
+        )
+        study["threads"] = thread_comparison(seed, study_run, other_run, study["metrics"], threads, other)
     atomic_write_json(results_dir() / "seed_study.json", study)
     atomic_write_text(results_dir() / "seed_study.md", markdown(study))
     print(markdown(study))

@@ -22,14 +22,16 @@ Evaluation: greedy decoding on held-out instructions, ROUGE and BLEU against the
 task-specific checks from the review world's grammar (does "write a positive review" give a grammatical
 positive review?), and catastrophic forgetting: the NLL of plain reviews before and after SFT.
 """
+
 from __future__ import annotations
 
 import importlib.util
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -129,14 +131,26 @@ def lora_config(config: SFTConfig):
     """
     from peft import LoraConfig
 
-    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=list(config.lora_target_modules), fan_in_fan_out=True,
-                      bias="none", task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(config.lora_target_modules),
+        fan_in_fan_out=True,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
 
 
-def build_sft_trainer(model: nn.Module, tokenizer: PreTrainedTokenizerBase, rows: Sequence[dict],
-                      config: SFTConfig, output_dir: str | Path, lora: bool = False,
-                      eval_rows: Sequence[dict] | None = None) -> SFTTrainer:
+def build_sft_trainer(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: Sequence[dict],
+    config: SFTConfig,
+    output_dir: str | Path,
+    lora: bool = False,
+    eval_rows: Sequence[dict] | None = None,
+) -> SFTTrainer:
     """A TRL ``SFTTrainer`` for prompt-completion ``rows`` (loss on completions only), not yet trained.
 
     With ``lora=True`` TRL wraps ``model`` in a PEFT LoRA model (see :func:`lora_config`).
@@ -162,15 +176,26 @@ def build_sft_trainer(model: nn.Module, tokenizer: PreTrainedTokenizerBase, rows
         **offline_cpu_training_args(config.batch_size, config.seed),
     )
     with quiet_training():
-        return silence_trainer(SFTTrainer(
-            model=model, args=args, processing_class=tokenizer, train_dataset=to_dataset(rows),
-            eval_dataset=to_dataset(eval_rows) if eval_rows is not None else None,
-            peft_config=lora_config(config) if lora else None,
-        ))
+        return silence_trainer(
+            SFTTrainer(
+                model=model,
+                args=args,
+                processing_class=tokenizer,
+                train_dataset=to_dataset(rows),
+                eval_dataset=to_dataset(eval_rows) if eval_rows is not None else None,
+                peft_config=lora_config(config) if lora else None,
+            )
+        )
 
 
-def train_sft(model: nn.Module, tokenizer: PreTrainedTokenizerBase, rows: Sequence[dict], config: SFTConfig,
-              lora: bool = False, eval_rows: Sequence[dict] | None = None) -> tuple[nn.Module, dict]:
+def train_sft(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: Sequence[dict],
+    config: SFTConfig,
+    lora: bool = False,
+    eval_rows: Sequence[dict] | None = None,
+) -> tuple[nn.Module, dict]:
     """Fine-tune ``model`` on ``rows``; returns the trained model and a report (log, seconds, shares).
 
     Full fine-tuning trains ``model`` in place. With ``lora=True`` the returned model is the PEFT wrapper
@@ -184,9 +209,14 @@ def train_sft(model: nn.Module, tokenizer: PreTrainedTokenizerBase, rows: Sequen
             trainer.train()
         seconds = time.perf_counter() - start
     trained_model = trainer.model.eval()
-    report = {"train_seconds": seconds, "trainable_params": trained, "total_params": total,
-              "trainable_share": trained / total, "steps": trainer.state.global_step,
-              "log": trainer.state.log_history}
+    report = {
+        "train_seconds": seconds,
+        "trainable_params": trained,
+        "total_params": total,
+        "trainable_share": trained / total,
+        "steps": trainer.state.global_step,
+        "log": trainer.state.log_history,
+    }
     return trained_model, report
 
 
@@ -209,8 +239,10 @@ def qlora_unavailable_reason() -> str | None:
     if not missing:
         return None
     has = "neither" if len(missing) == 2 else missing[0]
-    return (f"QLoRA needs a CUDA GPU and bitsandbytes; this machine has {has}, so QLoRA is skipped: "
-            "use LoRA (same adapters on a full-precision base model), which runs anywhere.")
+    return (
+        f"QLoRA needs a CUDA GPU and bitsandbytes; this machine has {has}, so QLoRA is skipped: "
+        "use LoRA (same adapters on a full-precision base model), which runs anywhere."
+    )
 
 
 def load_for_qlora(model_dir: str | Path, config: SFTConfig):
@@ -224,8 +256,12 @@ def load_for_qlora(model_dir: str | Path, config: SFTConfig):
     from peft import prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig, GPT2LMHeadModel
 
-    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                      bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16)
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
     model = GPT2LMHeadModel.from_pretrained(str(model_dir), quantization_config=quantization, device_map={"": 0})
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
@@ -234,28 +270,38 @@ def load_for_qlora(model_dir: str | Path, config: SFTConfig):
 # Evaluation
 # ------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def greedy_completions(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
-                       max_new_tokens: int = 96, batch_size: int = 128) -> list[str]:
+def greedy_completions(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    max_new_tokens: int = 96,
+    batch_size: int = 128,
+) -> list[str]:
     """The greedy continuation of each prompt (text after the prompt, EOS and padding removed)."""
     model.eval()
     encoded = tokenizer(list(prompts))["input_ids"]  # each starts with BOS, like the training sequences
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths: little padding
-    config = SamplingConfig(max_new_tokens=max_new_tokens, do_sample=False,
-                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = SamplingConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     out: list[str] = [""] * len(encoded)
     for start in range(0, len(order), batch_size):
-        index = order[start:start + batch_size]
+        index = order[start : start + batch_size]
         input_ids, attention_mask = left_pad([encoded[i] for i in index], tokenizer.pad_token_id)
         sequences = generate(model, input_ids, attention_mask, config)  # (B, T + N)
-        texts = tokenizer.batch_decode(sequences[:, input_ids.size(1):], skip_special_tokens=True)
+        texts = tokenizer.batch_decode(sequences[:, input_ids.size(1) :], skip_special_tokens=True)
         for i, text in zip(index, texts):
             out[i] = text
     return out
 
 
 @torch.no_grad()
-def completion_nll(model: nn.Module, tokenizer: PreTrainedTokenizerBase, rows: Sequence[dict],
-                   batch_size: int = 128) -> float:
+def completion_nll(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, rows: Sequence[dict], batch_size: int = 128
+) -> float:
     """Mean NLL per completion token (EOS included) given the prompt: the quantity SFT minimises.
 
     Computed independently of TRL (our own masking), so it also checks what TRL optimised.
@@ -263,15 +309,15 @@ def completion_nll(model: nn.Module, tokenizer: PreTrainedTokenizerBase, rows: S
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
+        chunk = rows[start : start + batch_size]
         prompt_lens = [len(ids) for ids in tokenizer([r["prompt"] for r in chunk])["input_ids"]]
         full = tokenizer([r["prompt"] + r["completion"] + tokenizer.eos_token for r in chunk])["input_ids"]
         length = max(len(s) for s in full)
         input_ids = torch.full((len(full), length), tokenizer.pad_token_id, dtype=torch.long)  # (B, T)
         target_mask = torch.zeros_like(input_ids, dtype=torch.bool)  # True on completion tokens
         for i, (seq, p) in enumerate(zip(full, prompt_lens)):
-            input_ids[i, :len(seq)] = torch.tensor(seq)
-            target_mask[i, p:len(seq)] = True
+            input_ids[i, : len(seq)] = torch.tensor(seq)
+            target_mask[i, p : len(seq)] = True
         attention_mask = (torch.arange(length)[None] < torch.tensor([len(s) for s in full])[:, None]).long()
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, T, V)
         logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # position t predicts token t + 1
@@ -294,7 +340,7 @@ def first_token_nll(model: nn.Module, sequences: Sequence[Sequence[int]], batch_
     firsts = torch.tensor([s[:2] for s in sequences])  # (N, 2): BOS and the first token
     total = 0.0
     for start in range(0, len(firsts), batch_size):
-        chunk = firsts[start:start + batch_size]
+        chunk = firsts[start : start + batch_size]
         logprobs = torch.log_softmax(model(input_ids=chunk[:, :1]).logits[:, -1].float(), dim=-1)  # (B, V)
         total -= logprobs.gather(-1, chunk[:, 1:]).sum().item()
     return total / len(firsts)
@@ -324,8 +370,13 @@ def task_checks(row: dict, completion: str) -> dict[str, float]:
     return {"exact_match": float(text == row["completion"].strip())}  # summarise: one right answer
 
 
-def evaluate_instructions(model: nn.Module, tokenizer: PreTrainedTokenizerBase, rows: Sequence[dict],
-                          max_new_tokens: int = 96, batch_size: int = 128) -> tuple[dict, list[dict]]:
+def evaluate_instructions(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: Sequence[dict],
+    max_new_tokens: int = 96,
+    batch_size: int = 128,
+) -> tuple[dict, list[dict]]:
     """ROUGE-1/2/L F1 and corpus BLEU of greedy outputs vs the references, overall and per task.
 
     Returns (flat metrics, one record per row with the output). Keys: ``rouge1_f``, ``rouge2_f``,
@@ -340,8 +391,12 @@ def evaluate_instructions(model: nn.Module, tokenizer: PreTrainedTokenizerBase, 
         predictions = [r["output"].strip() for r in subset]
         references = [r["completion"].strip() for r in subset]
         rouge = mean_rouge(predictions, references)
-        return {"rouge1_f": rouge["rouge1"], "rouge2_f": rouge["rouge2"], "rougeL_f": rouge["rougeL"],
-                "bleu": corpus_bleu(predictions, references).score}
+        return {
+            "rouge1_f": rouge["rouge1"],
+            "rouge2_f": rouge["rouge2"],
+            "rougeL_f": rouge["rougeL"],
+            "bleu": corpus_bleu(predictions, references).score,
+        }
 
     metrics = overlap(records)
     for task in rw.INSTRUCTION_TASKS:

@@ -21,13 +21,14 @@ Where we deliberately differ (interfaces only, never numbers):
 - Only the 'exp' and 'none' smoothing methods; sacrebleu's 'floor' and 'add-k' are left out, and so are its
   other tokenisers ('intl', 'zh', 'char', ...) and ROUGE's Porter stemmer and ROUGE-Lsum.
 """
+
 from __future__ import annotations
 
 import math
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 # ----------------------------------------------------------------------------------------------------------
 # ROUGE (Lin, 2004): recall-oriented n-gram overlap between a prediction and one reference.

@@ -8,11 +8,12 @@ Two special tokens:
 * ``<|pad|>``: a *separate* padding token. If pad were EOS, masking the padding would also mask the
   real end-of-text, and a model fine-tuned that way never learns to stop.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
@@ -59,7 +60,8 @@ def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> 
     eos_id = tokenizer.token_to_id(EOS_TOKEN)
     # Every encoded text starts with BOS, so the first real token has a context to be predicted from.
     tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{EOS_TOKEN} $A", pair=f"{EOS_TOKEN} $A $B", special_tokens=[(EOS_TOKEN, eos_id)])
+        single=f"{EOS_TOKEN} $A", pair=f"{EOS_TOKEN} $A $B", special_tokens=[(EOS_TOKEN, eos_id)]
+    )
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token=EOS_TOKEN,

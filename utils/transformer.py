@@ -19,13 +19,14 @@ From the same blocks we build:
 * ``GPT``: the decoder alone without cross-attention, trained to predict the next token. Laid out
   exactly like GPT-2 so ``GPT.from_hf_gpt2`` can load Hugging Face weights.
 """
+
 from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
 
 import torch
 from torch import nn
@@ -262,8 +263,16 @@ class EncoderDecoderConfig:
     """share target embedding and output projection, as the paper"""
 
     def __post_init__(self) -> None:
-        for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "n_heads", "n_encoder_layers",
-                     "n_decoder_layers", "d_ff", "max_len"):
+        for name in (
+            "src_vocab_size",
+            "tgt_vocab_size",
+            "d_model",
+            "n_heads",
+            "n_encoder_layers",
+            "n_decoder_layers",
+            "d_ff",
+            "max_len",
+        ):
             check_int(self, name, ge=1)
         check(self, "d_model", self.d_model % self.n_heads == 0, f"divisible by n_heads ({self.n_heads})")
         check_number(self, "dropout", ge=0, lt=1)
@@ -273,9 +282,7 @@ class EncoderDecoderConfig:
 
     def block_config(self) -> BlockConfig:
         """The BlockConfig shared by every block of the model."""
-        return BlockConfig(
-            self.d_model, self.n_heads, self.d_ff, self.dropout, self.norm_first, self.activation
-        )
+        return BlockConfig(self.d_model, self.n_heads, self.d_ff, self.dropout, self.norm_first, self.activation)
 
 
 class EncoderDecoderTransformer(nn.Module):
@@ -609,9 +616,7 @@ def count_parameters(module: nn.Module) -> dict[str, int]:
     return result
 
 
-def flops_per_token(
-    config: GPTConfig, seq_len: int, training: bool = True, include_lm_head: bool = False
-) -> int:
+def flops_per_token(config: GPTConfig, seq_len: int, training: bool = True, include_lm_head: bool = False) -> int:
     """Approximate FLOPs to process one token with a GPT, by the rule of Kaplan et al. (2020).
 
     A matrix multiply costs 2 FLOPs (multiply + add) per weight per token, so the forward pass costs
@@ -631,7 +636,8 @@ def flops_per_token(
     d, L, b = config.n_embd, config.n_layer, int(config.bias)
     per_block = (
         4 * (d * d + b * d)  # q, k, v and output projections
-        + (d * 4 * d + b * 4 * d) + (4 * d * d + b * d)  # MLP d -> 4d -> d
+        + (d * 4 * d + b * 4 * d)
+        + (4 * d * d + b * d)  # MLP d -> 4d -> d
         + 2 * 2 * d  # two LayerNorms (weight and bias each)
     )
     n_non_embedding = L * per_block + 2 * d  # + final LayerNorm

@@ -5,11 +5,12 @@ million parameters on a laptop CPU inside a notebook, so every trainer we build 
 :mod:`utils.sft`, ``RewardTrainer`` in :mod:`utils.reward_model`) gets the same CPU-sized arguments and
 the same silence.
 """
+
 from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Iterator
+from collections.abc import Iterator
 
 
 @contextlib.contextmanager
@@ -46,8 +47,18 @@ def offline_cpu_training_args(batch_size: int, seed: int) -> dict:
     nothing, and it reports to nothing (no wandb/tensorboard).
     """
     return dict(
-        per_device_train_batch_size=batch_size, per_device_eval_batch_size=batch_size,
-        use_cpu=True, bf16=False, fp16=False, activation_checkpointing=False,
-        seed=seed, data_seed=seed, dataloader_num_workers=0,
-        save_strategy="no", report_to=[], disable_tqdm=True, log_level="error", logging_steps=10,
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=batch_size,
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        activation_checkpointing=False,
+        seed=seed,
+        data_seed=seed,
+        dataloader_num_workers=0,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        log_level="error",
+        logging_steps=10,
     )

@@ -1,12 +1,23 @@
 """What a notebook's first cells print: the versions a result was produced with."""
+
 from __future__ import annotations
 
 import importlib
 import platform
 import sys
 
-PACKAGES = ("torch", "transformers", "trl", "peft", "tokenizers", "datasets", "accelerate", "ipywidgets",
-            "matplotlib", "numpy")
+PACKAGES = (
+    "torch",
+    "transformers",
+    "trl",
+    "peft",
+    "tokenizers",
+    "datasets",
+    "accelerate",
+    "ipywidgets",
+    "matplotlib",
+    "numpy",
+)
 
 
 def versions() -> dict[str, str]:

@@ -9,15 +9,38 @@ layers are one-way (``tests/test_layering.py``).
 Every loader takes an optional profile (default: the one ``utils.profiles.get_profile`` selects), so a
 notebook can write ``load_base_lm()`` and get the cached model, trained first if it is missing.
 """
-from utils.stages.data import (DATA_FILES, annotator_config, data_dir, load_course_tokenizer, load_dataset_rows,
-                               tokenizer_dir)
+
+from utils.stages.data import (
+    DATA_FILES,
+    annotator_config,
+    data_dir,
+    load_course_tokenizer,
+    load_dataset_rows,
+    tokenizer_dir,
+)
 from utils.stages.evaluation import eval_dir, load_eval_samples, load_sweep, sweep_dir
 from utils.stages.lm import base_lm_dir, load_base_lm
 from utils.stages.ppo import load_ppo_policy, ppo_dir
 from utils.stages.rm import load_reward_model, rm_dir
 from utils.stages.sft import load_sft_model, sft_dir
 
-__all__ = ["DATA_FILES", "annotator_config", "base_lm_dir", "data_dir", "eval_dir", "load_base_lm",
-           "load_course_tokenizer", "load_dataset_rows", "load_eval_samples", "load_ppo_policy",
-           "load_reward_model", "load_sft_model", "load_sweep", "ppo_dir", "rm_dir", "sft_dir", "sweep_dir",
-           "tokenizer_dir"]
+__all__ = [
+    "DATA_FILES",
+    "annotator_config",
+    "base_lm_dir",
+    "data_dir",
+    "eval_dir",
+    "load_base_lm",
+    "load_course_tokenizer",
+    "load_dataset_rows",
+    "load_eval_samples",
+    "load_ppo_policy",
+    "load_reward_model",
+    "load_sft_model",
+    "load_sweep",
+    "ppo_dir",
+    "rm_dir",
+    "sft_dir",
+    "sweep_dir",
+    "tokenizer_dir",
+]

@@ -4,6 +4,7 @@ The datasets are JSONL files in TRL's formats (``load_dataset_rows("preferences_
 tokenizer is trained on the language-model reviews and the instruction rows, so that every later
 stage shares its vocabulary.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,8 +15,16 @@ from utils.profiles import Profile
 from utils.stages.profile import resolve_profile
 from utils.tokenizer import load_tokenizer, train_bpe
 
-DATA_FILES = ("lm_train", "lm_val", "instructions_train", "instructions_test", "preferences_train",
-              "preferences_test", "rl_prompts_train", "rl_prompts_test")
+DATA_FILES = (
+    "lm_train",
+    "lm_val",
+    "instructions_train",
+    "instructions_test",
+    "preferences_train",
+    "preferences_test",
+    "rl_prompts_train",
+    "rl_prompts_test",
+)
 
 
 # ------------------------------------------------------------------------------------------------

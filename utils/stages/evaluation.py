@@ -1,18 +1,36 @@
 """Stage ``eval``: the SFT-vs-PPO comparison on held-out prompts and the KL-coefficient sweep (two cached
 artifacts), then ``results/samples.md`` and the figures of notebooks 10 and 11."""
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
-from utils.artifacts import (atomic_write_json, atomic_write_text, get_or_build, read_jsonl, read_meta, run_dir,
-                             write_jsonl)
-from utils.evaluation import (METRICS, evaluate_policy, kl_sweep, pairwise_outcomes, plot_overoptimisation,
-                              samples_table, sampling_config, sweep_run_config, sweep_summary, sweep_table,
-                              win_rate)
+from utils.artifacts import (
+    atomic_write_json,
+    atomic_write_text,
+    get_or_build,
+    read_jsonl,
+    read_meta,
+    run_dir,
+    write_jsonl,
+)
+from utils.evaluation import (
+    METRICS,
+    evaluate_policy,
+    kl_sweep,
+    pairwise_outcomes,
+    plot_overoptimisation,
+    samples_table,
+    sampling_config,
+    sweep_run_config,
+    sweep_summary,
+    sweep_table,
+    win_rate,
+)
 from utils.plotting import save_figure, use_headless_backend_if_needed
 from utils.ppo import reward_model_fn
 from utils.ppo_logs import plot_dashboard, read_log
@@ -39,8 +57,13 @@ def sweep_key(profile: Profile) -> dict:
     # The sweep sets beta, the run length, the temperature and the seed of its runs itself, so the main run's
     # values of those fields are not part of what it depends on (retuning the main run's beta reuses the sweep).
     runs = sweep_run_config(profile.ppo, config.sweep, 0.0, config.seed)
-    return {**ppo_training_key(profile), "ppo": runs, "sweep": config.sweep,
-            "max_new_tokens": config.max_new_tokens, "seed": config.seed}
+    return {
+        **ppo_training_key(profile),
+        "ppo": runs,
+        "sweep": config.sweep,
+        "max_new_tokens": config.max_new_tokens,
+        "seed": config.seed,
+    }
 
 
 def _course_models(profile: Profile):
@@ -65,10 +88,19 @@ def sweep_dir(profile: Profile | None = None, progress: bool = True) -> Path:
         value_model = reward_model if ppo.value_model == "model" else None
         set_seed(config.seed)
         start = time.perf_counter()
-        records = kl_sweep(policy, proxy_fn, tokenizer, _prompts(profile, "rl_prompts_train"),
-                           _prompts(profile, "rl_prompts_test", config.sweep.eval_prompts), ppo, config.sweep,
-                           sampling_config(config, ppo, tokenizer), seed=config.seed, value_model=value_model,
-                           progress=progress)
+        records = kl_sweep(
+            policy,
+            proxy_fn,
+            tokenizer,
+            _prompts(profile, "rl_prompts_train"),
+            _prompts(profile, "rl_prompts_test", config.sweep.eval_prompts),
+            ppo,
+            config.sweep,
+            sampling_config(config, ppo, tokenizer),
+            seed=config.seed,
+            value_model=value_model,
+            progress=progress,
+        )
         atomic_write_json(folder / "sweep.json", records)
         return {"seconds": time.perf_counter() - start, **sweep_summary(records)}
 
@@ -90,8 +122,14 @@ def eval_dir(profile: Profile | None = None) -> Path:
         trained, _ = load_ppo_policy(profile)
         prompts = _prompts(profile, "rl_prompts_test", config.num_prompts)
         sampling = sampling_config(config, ppo, tokenizer)
-        evaluate = dict(proxy_fn=proxy_fn, tokenizer=tokenizer, prompts=prompts, sampling=sampling, seed=config.seed,
-                        batch_size=config.batch_size)
+        evaluate = dict(
+            proxy_fn=proxy_fn,
+            tokenizer=tokenizer,
+            prompts=prompts,
+            sampling=sampling,
+            seed=config.seed,
+            batch_size=config.batch_size,
+        )
         start = time.perf_counter()
         sft_metrics, sft_samples = evaluate_policy(sft, sft, **evaluate)
         ppo_metrics, ppo_samples = evaluate_policy(trained, sft, **evaluate)
@@ -101,9 +139,15 @@ def eval_dir(profile: Profile | None = None) -> Path:
         wins, ties, losses = pairwise_outcomes(*whole)
         meta = {f"sft.{k}": v for k, v in sft_metrics.items()}
         meta.update({f"ppo.{k}": v for k, v in ppo_metrics.items()})
-        meta.update(win_rate_vs_sft=(wins + 0.5 * ties) / len(prompts), wins=wins, ties=ties, losses=losses,
-                    proxy_win_rate_vs_sft=win_rate(*whole, judge=_proxy_judge(ppo_samples + sft_samples)),
-                    temperature=sampling.temperature, seconds=time.perf_counter() - start)
+        meta.update(
+            win_rate_vs_sft=(wins + 0.5 * ties) / len(prompts),
+            wins=wins,
+            ties=ties,
+            losses=losses,
+            proxy_win_rate_vs_sft=win_rate(*whole, judge=_proxy_judge(ppo_samples + sft_samples)),
+            temperature=sampling.temperature,
+            seconds=time.perf_counter() - start,
+        )
         return meta
 
     return get_or_build("eval", eval_key(profile), build)
@@ -131,16 +175,23 @@ def eval_metrics(profile: Profile) -> dict:
     meta = read_meta(eval_dir(profile))
     sft_samples, ppo_samples = load_eval_samples(profile)
     rows = range(min(config.table_rows, len(sft_samples)))
-    table = samples_table([sft_samples[i]["prompt"] for i in rows], [sft_samples[i]["response"] for i in rows],
-                          [ppo_samples[i]["response"] for i in rows], [sft_samples[i]["gold_reward"] for i in rows],
-                          [ppo_samples[i]["gold_reward"] for i in rows], [sft_samples[i]["proxy_reward"] for i in rows],
-                          [ppo_samples[i]["proxy_reward"] for i in rows])
+    table = samples_table(
+        [sft_samples[i]["prompt"] for i in rows],
+        [sft_samples[i]["response"] for i in rows],
+        [ppo_samples[i]["response"] for i in rows],
+        [sft_samples[i]["gold_reward"] for i in rows],
+        [ppo_samples[i]["gold_reward"] for i in rows],
+        [sft_samples[i]["proxy_reward"] for i in rows],
+        [ppo_samples[i]["proxy_reward"] for i in rows],
+    )
     records = load_sweep(profile)
     summary = read_meta(sweep_dir(profile))
     atomic_write_text(run_dir() / "samples.md", _samples_markdown(meta, table, records))
 
-    for name, fig in (("10_ppo_dashboard", plot_dashboard(read_log(ppo_dir(profile)))),
-                      ("11_overoptimisation", plot_overoptimisation(records))):
+    for name, fig in (
+        ("10_ppo_dashboard", plot_dashboard(read_log(ppo_dir(profile)))),
+        ("11_overoptimisation", plot_overoptimisation(records)),
+    ):
         save_figure(fig, name)
         plt.close(fig)
 
@@ -159,7 +210,9 @@ def _samples_markdown(meta: dict, table: str, records: Sequence[dict]) -> str:
         "(the temperature PPO trained at) from the SFT policy and "
         "from the PPO policy (the same random seed). *gold*: the review world's true reward (sentiment in "
         "[-1, 1], -2 if the text is not a grammatical review); *proxy*: the reward model's normalised score.\n\n"
-        + table + "\n## Means over all held-out prompts\n\n| metric | SFT | PPO |\n|---|---:|---:|\n" + means
+        + table
+        + "\n## Means over all held-out prompts\n\n| metric | SFT | PPO |\n|---|---:|---:|\n"
+        + means
         + f"\n\nWin rate of PPO against SFT (gold judge, ties count half): {meta['win_rate_vs_sft']:.3f} "
         f"({meta['wins']} wins, {meta['ties']} ties, {meta['losses']} losses).\n\n"
         "## KL-coefficient sweep (final evaluation of each run)\n\n" + sweep_table(records)

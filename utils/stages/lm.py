@@ -1,4 +1,5 @@
 """Stage ``lm``: the base language model, trained on the review corpus against the source-entropy floor."""
+
 from __future__ import annotations
 
 import time
@@ -37,8 +38,7 @@ def base_lm_dir(profile: Profile | None = None, progress: bool = True) -> Path:
         model.save_pretrained(str(folder))
         tokenizer.save_pretrained(str(folder))
         atomic_write_json(folder / "train_log.json", log)
-        fraction, samples = grammatical_fraction(model, tokenizer, profile.grammar_samples,
-                                                 seed=profile.lm_train.seed)
+        fraction, samples = grammatical_fraction(model, tokenizer, profile.grammar_samples, seed=profile.lm_train.seed)
         write_jsonl(folder / "samples.jsonl", [{"text": t, "grammatical": rw.is_grammatical(t)} for t in samples])
         return {
             "params": count_parameters(model),

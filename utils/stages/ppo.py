@@ -1,4 +1,5 @@
 """Stage ``ppo``: the SFT policy trained with PPO against the reward model, measured before and after."""
+
 from __future__ import annotations
 
 import copy
@@ -22,10 +23,21 @@ from utils.stages.sft import load_sft_model, sft_key
 from utils.tokenizer import load_tokenizer
 
 # The ppo.* metrics the pipeline reports (the artifact's manifest holds more).
-METRIC_KEYS = ("gold_reward_before", "gold_reward_after", "proxy_reward_before", "proxy_reward_after", "kl_to_ref",
-               "grammatical_fraction_before", "grammatical_fraction_after", "positive_fraction_before",
-               "positive_fraction_after", "length_tokens_before", "length_tokens_after", "train_seconds",
-               "episodes_per_second")
+METRIC_KEYS = (
+    "gold_reward_before",
+    "gold_reward_after",
+    "proxy_reward_before",
+    "proxy_reward_after",
+    "kl_to_ref",
+    "grammatical_fraction_before",
+    "grammatical_fraction_after",
+    "positive_fraction_before",
+    "positive_fraction_after",
+    "length_tokens_before",
+    "length_tokens_after",
+    "train_seconds",
+    "episodes_per_second",
+)
 
 
 def ppo_training_key(profile: Profile) -> dict:
@@ -57,14 +69,28 @@ def ppo_dir(profile: Profile | None = None, progress: bool = True) -> Path:
 
         # A sample independent of the eval stage's (seed config.seed + 1, not EvalConfig.seed), measured by
         # the same function: two estimates of every number, so the reader sees the sampling noise.
-        evaluate = functools.partial(evaluate_policy, ref_policy=reference, proxy_fn=reward_fn,
-                                     tokenizer=tokenizer, prompts=test_prompts, seed=config.seed + 1,
-                                     sampling=sampling_config(profile.evaluation, config, tokenizer))
+        evaluate = functools.partial(
+            evaluate_policy,
+            ref_policy=reference,
+            proxy_fn=reward_fn,
+            tokenizer=tokenizer,
+            prompts=test_prompts,
+            seed=config.seed + 1,
+            sampling=sampling_config(profile.evaluation, config, tokenizer),
+        )
         before, before_samples = evaluate(policy)
         set_seed(config.seed)
-        trainer = PPOTrainer(config, policy, None if config.use_lora else reference, reward_fn,
-                             tokenizer(train_prompts)["input_ids"], tokenizer.pad_token_id, tokenizer.eos_token_id,
-                             value_model=value_model, gold_fn=gold_fn)
+        trainer = PPOTrainer(
+            config,
+            policy,
+            None if config.use_lora else reference,
+            reward_fn,
+            tokenizer(train_prompts)["input_ids"],
+            tokenizer.pad_token_id,
+            tokenizer.eos_token_id,
+            value_model=value_model,
+            gold_fn=gold_fn,
+        )
         start = time.perf_counter()
         log = trainer.train(progress=progress)
         seconds = time.perf_counter() - start
@@ -79,8 +105,12 @@ def ppo_dir(profile: Profile | None = None, progress: bool = True) -> Path:
         write_jsonl(folder / "samples_after.jsonl", after_samples)
         meta = {f"{k}_before": v for k, v in before.items()}
         meta.update({f"{k}_after": v for k, v in after.items()})
-        meta.update(kl_to_ref=after["kl"], kl_to_ref_k3=after["kl_k3"], train_seconds=seconds,
-                    episodes_per_second=config.num_updates * config.batch_size / seconds)
+        meta.update(
+            kl_to_ref=after["kl"],
+            kl_to_ref_k3=after["kl_k3"],
+            train_seconds=seconds,
+            episodes_per_second=config.num_updates * config.batch_size / seconds,
+        )
         return meta
 
     return get_or_build("ppo", ppo_key(profile), build)

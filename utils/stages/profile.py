@@ -4,6 +4,7 @@ Every loader of the stage layer takes ``profile=None`` so that a notebook can ca
 this is the one place that turns that ``None`` into a profile (``utils.profiles.get_profile`` reads
 ``$RLHF_PROFILE`` and anything else that selects a run).
 """
+
 from __future__ import annotations
 
 from utils.profiles import Profile, get_profile

@@ -1,5 +1,6 @@
 """Stage ``rm``: the pipeline's reward model (GPT-style head on the SFT model, our Bradley-Terry loop,
 normalised scores), with TRL's ``RewardTrainer`` and a BERT-style encoder beside it if configured."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,9 +12,18 @@ from transformers import GPT2ForSequenceClassification, PreTrainedTokenizerBase
 
 from utils.artifacts import atomic_write_json, get_or_build, read_meta, write_jsonl
 from utils.profiles import Profile
-from utils.reward_model import (RewardModelConfig, build_encoder_reward_model, build_gpt_reward_model,
-                                build_trl_reward_trainer, encode_pairs, evaluate_pairs, evaluate_reward_model,
-                                set_normalisation, train_reward_model, trl_step_losses)
+from utils.reward_model import (
+    RewardModelConfig,
+    build_encoder_reward_model,
+    build_gpt_reward_model,
+    build_trl_reward_trainer,
+    encode_pairs,
+    evaluate_pairs,
+    evaluate_reward_model,
+    set_normalisation,
+    train_reward_model,
+    trl_step_losses,
+)
 from utils.stages.data import annotator_config, load_dataset_rows
 from utils.stages.lm import lm_key, load_base_lm
 from utils.stages.profile import resolve_profile
@@ -45,13 +55,15 @@ def rm_dir(profile: Profile | None = None) -> Path:
         train, test = encode_pairs(train_rows, tokenizer), encode_pairs(test_rows, tokenizer)
         annotator = annotator_config(profile)
         reference = [r["prompt"] + r[k] for r in train_rows for k in ("chosen", "rejected")]
-        reference = reference[:config.normalisation_texts]
+        reference = reference[: config.normalisation_texts]
 
         model = build_gpt_reward_model(lm, pad, seed=config.seed)
         start = time.perf_counter()
         log = train_reward_model(model, train, test, pad, config)
-        meta: dict = {"train_seconds": time.perf_counter() - start,
-                      "train_accuracy": evaluate_pairs(model, train, pad)["accuracy"]}
+        meta: dict = {
+            "train_seconds": time.perf_counter() - start,
+            "train_accuracy": evaluate_pairs(model, train, pad)["accuracy"],
+        }
         meta["norm_mean"], meta["norm_std"] = set_normalisation(model, tokenizer, reference)
         metrics, details = evaluate_reward_model(model, tokenizer, test_rows, annotator, config.calibration_bins)
         meta.update(metrics)
@@ -75,9 +87,12 @@ def rm_dir(profile: Profile | None = None) -> Path:
         if config.train_encoder:  # BERT-style CLS head, from scratch
             encoder = build_encoder_reward_model(config, tokenizer, lm.config.n_positions, seed=config.seed)
             start = time.perf_counter()
-            encoder_schedule = dataclasses.replace(config, steps=config.encoder_steps,
-                                                   batch_size=config.encoder_batch_size,
-                                                   warmup_steps=min(config.warmup_steps, config.encoder_steps - 1))
+            encoder_schedule = dataclasses.replace(
+                config,
+                steps=config.encoder_steps,
+                batch_size=config.encoder_batch_size,
+                warmup_steps=min(config.warmup_steps, config.encoder_steps - 1),
+            )
             logs["encoder"] = train_reward_model(encoder, train, test, pad, encoder_schedule, lr=config.encoder_lr)
             meta["encoder_train_seconds"] = time.perf_counter() - start
             meta["encoder_heldout_accuracy"] = evaluate_pairs(encoder, test, pad)["accuracy"]
