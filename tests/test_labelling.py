@@ -1,4 +1,5 @@
 """The preference labeller: rows written, position randomisation, resuming, errors, and the widget's buttons."""
+
 from __future__ import annotations
 
 import json
@@ -185,13 +186,23 @@ def test_widget_shows_the_options_as_two_boxed_columns(tmp_path):
         assert column.children[0].value == f"<b>{title}</b>" and html_contains(_shown_option(column), text)
         layout = column.layout
         # a border on every side, and equal widths however short the texts are
-        assert all(getattr(layout, f"border_{side}", layout.border) == "1px solid #9e9e9e"
-                   for side in ("top", "right", "bottom", "left"))
+        assert all(
+            getattr(layout, f"border_{side}", layout.border) == "1px solid #9e9e9e"
+            for side in ("top", "right", "bottom", "left")
+        )
         assert (layout.width, layout.flex) == ("50%", "1 1 0%") and layout.padding
         # only layout properties that ipywidgets 7.7 (Colab) has as well
         set_traits = {name for name in layout.keys if not name.startswith("_") and getattr(layout, name) is not None}
-        assert set_traits <= {"border", "border_top", "border_right", "border_bottom", "border_left", "padding",
-                              "width", "flex"}, set_traits
+        assert set_traits <= {
+            "border",
+            "border_top",
+            "border_right",
+            "border_bottom",
+            "border_left",
+            "padding",
+            "width",
+            "flex",
+        }, set_traits
 
 
 def test_a_simulated_annotator_leaves_the_student_a_fresh_queue(tmp_path):

@@ -3,6 +3,7 @@
 Everything a slider change shows is checked against an independent computation: the samples against
 `sample_texts` (itself checked against transformers' generate) and the bars against `next_token_table`.
 """
+
 from __future__ import annotations
 
 import html
@@ -18,23 +19,37 @@ SAMPLES, NEW_TOKENS = 3, 16
 
 
 def expected_texts(model, tokenizer, explorer, **knobs):
-    settings = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "do_sample": True, "prompt": PROMPTS[0],
-                "seed": explorer.seed, **knobs}
+    settings = {
+        "temperature": 1.0,
+        "top_k": 0,
+        "top_p": 1.0,
+        "do_sample": True,
+        "prompt": PROMPTS[0],
+        "seed": explorer.seed,
+        **knobs,
+    }
     return sample_texts(model, tokenizer, SAMPLES, max_new_tokens=NEW_TOKENS, **settings)[0]
 
 
 @pytest.fixture()
 def explorer(tiny_base_lm):
     model, tokenizer = tiny_base_lm
-    return DecodingExplorer(model, tokenizer, prompts=PROMPTS, num_samples=SAMPLES, max_new_tokens=NEW_TOKENS,
-                            top_n=6)
+    return DecodingExplorer(model, tokenizer, prompts=PROMPTS, num_samples=SAMPLES, max_new_tokens=NEW_TOKENS, top_n=6)
 
 
 def test_builds_a_widget_tree_with_the_controls(explorer):
     assert isinstance(explorer.widget, widgets.VBox)
     controls = [child for row in explorer.widget.children for child in row.children]
-    for control in (explorer.prompt, explorer.mode, explorer.temperature, explorer.top_k, explorer.top_p,
-                    explorer.resample, explorer.distribution, explorer.samples):
+    for control in (
+        explorer.prompt,
+        explorer.mode,
+        explorer.temperature,
+        explorer.top_k,
+        explorer.top_p,
+        explorer.resample,
+        explorer.distribution,
+        explorer.samples,
+    ):
         assert control in controls
     assert len(explorer.table) == 6 and len(explorer.texts) == SAMPLES
 
@@ -73,7 +88,7 @@ def test_top_p_slider_keeps_the_nucleus(tiny_base_lm, explorer):
     assert explorer.texts == expected_texts(model, tokenizer, explorer, top_p=0.05)
     # By hand: keep the most likely tokens until their mass reaches p, renormalise, zero the rest.
     raw = [row[1] for row in explorer.table]
-    kept = next(i + 1 for i in range(len(raw)) if sum(raw[:i + 1]) >= 0.05)
+    kept = next(i + 1 for i in range(len(raw)) if sum(raw[: i + 1]) >= 0.05)
     for i, (_, p_raw, p_new) in enumerate(explorer.table):
         assert p_new == pytest.approx(p_raw / sum(raw[:kept]) if i < kept else 0.0, rel=1e-4, abs=1e-7)
 
@@ -103,8 +118,15 @@ def test_renderers_by_hand():
     assert "✓ the acting was great." in items and "✗ the acting &lt;b&gt;" in items
 
 
-@pytest.mark.parametrize("kwargs, field", [({"prompts": ()}, "prompts"), ({"num_samples": 0}, "num_samples"),
-                                           ({"max_new_tokens": 0}, "max_new_tokens"), ({"top_n": 1.5}, "top_n")])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"prompts": ()}, "prompts"),
+        ({"num_samples": 0}, "num_samples"),
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"top_n": 1.5}, "top_n"),
+    ],
+)
 def test_rejects_bad_arguments(tiny_base_lm, kwargs, field):
     model, tokenizer = tiny_base_lm
     with pytest.raises(ValueError, match=field):
@@ -116,17 +138,48 @@ def test_rejects_bad_arguments(tiny_base_lm, kwargs, field):
 # ------------------------------------------------------------------------------------------------
 def fake_record(beta: float, updates: int = 4, batch: int = 16, shift: float = 0.0) -> dict:
     """A kl_sweep record whose numbers are all distinct, so a test can tell which run is on screen."""
-    log = [{"episode": batch * (u + 1), "objective/scores": shift + 0.1 * u + beta,
-            "objective/gold_reward": shift - 0.05 * u, "objective/kl": (u + 1) / (1 + beta) + shift}
-           for u in range(updates)]
-    final = {"kl": 3.21 + beta + shift, "proxy_reward": 0.87 - beta + shift, "gold_reward": -0.34 + beta + shift,
-             "grammatical_fraction": 0.75, "length_words": 12.5 + shift}
-    start = {"update": 0, "episodes": 0, "kl": 0.0, "proxy_reward": -0.2, "gold_reward": -0.16,
-             "grammatical_fraction": 0.95, "length_words": 10.0}
-    samples = [{"prompt": "the plot was", "response": f" <run {beta:g}/{shift:g}> sample {i}.",
-                "gold_reward": 0.5, "proxy_reward": 1.0 + i, "grammatical": i % 2 == 0} for i in range(6)]
-    return {"beta": beta, **final, "log": log, "samples": samples,
-            "checkpoints": [start, {"update": updates, "episodes": updates * batch, **final}]}
+    log = [
+        {
+            "episode": batch * (u + 1),
+            "objective/scores": shift + 0.1 * u + beta,
+            "objective/gold_reward": shift - 0.05 * u,
+            "objective/kl": (u + 1) / (1 + beta) + shift,
+        }
+        for u in range(updates)
+    ]
+    final = {
+        "kl": 3.21 + beta + shift,
+        "proxy_reward": 0.87 - beta + shift,
+        "gold_reward": -0.34 + beta + shift,
+        "grammatical_fraction": 0.75,
+        "length_words": 12.5 + shift,
+    }
+    start = {
+        "update": 0,
+        "episodes": 0,
+        "kl": 0.0,
+        "proxy_reward": -0.2,
+        "gold_reward": -0.16,
+        "grammatical_fraction": 0.95,
+        "length_words": 10.0,
+    }
+    samples = [
+        {
+            "prompt": "the plot was",
+            "response": f" <run {beta:g}/{shift:g}> sample {i}.",
+            "gold_reward": 0.5,
+            "proxy_reward": 1.0 + i,
+            "grammatical": i % 2 == 0,
+        }
+        for i in range(6)
+    ]
+    return {
+        "beta": beta,
+        **final,
+        "log": log,
+        "samples": samples,
+        "checkpoints": [start, {"update": updates, "episodes": updates * batch, **final}],
+    }
 
 
 SWEEP = [fake_record(beta) for beta in (0.0, 0.1, 0.3)]
@@ -158,8 +211,10 @@ def make_kl_explorer(**kwargs):
 
 
 def expected_row(name: str, episodes: int, m: dict) -> str:
-    return (f"<tr><td>{name}</td><td>{episodes:,}</td><td>{m['kl']:.2f}</td><td>{m['proxy_reward']:+.2f}</td>"
-            f"<td>{m['gold_reward']:+.2f}</td><td>{m['grammatical_fraction']:.2f}</td><td>{m['length_words']:.1f}</td>")
+    return (
+        f"<tr><td>{name}</td><td>{episodes:,}</td><td>{m['kl']:.2f}</td><td>{m['proxy_reward']:+.2f}</td>"
+        f"<td>{m['gold_reward']:+.2f}</td><td>{m['grammatical_fraction']:.2f}</td><td>{m['length_words']:.1f}</td>"
+    )
 
 
 def test_kl_explorer_shows_the_selected_precomputed_run():
@@ -245,14 +300,17 @@ def test_kl_explorer_without_train_fn_only_browses():
         explorer.train_here()
 
 
-@pytest.mark.parametrize("sweep, kwargs, message", [
-    ([], {}, "at least one"),
-    ([{k: v for k, v in SWEEP[0].items() if k != "samples"}], {}, r"sweep\[0\] lacks \['samples'\]"),
-    ([{**SWEEP[0], "log": [{"episode": 16}]}], {}, r"sweep\[0\]: log row 0 lacks"),
-    ([SWEEP[0], SWEEP[0]], {}, "repeats a beta"),
-    (SWEEP, {"beta": 0.2}, r"beta must be one of the sweep's \[0.0, 0.1, 0.3\], got 0.2"),
-    (SWEEP, {"num_samples": 0}, "num_samples"),
-])
+@pytest.mark.parametrize(
+    "sweep, kwargs, message",
+    [
+        ([], {}, "at least one"),
+        ([{k: v for k, v in SWEEP[0].items() if k != "samples"}], {}, r"sweep\[0\] lacks \['samples'\]"),
+        ([{**SWEEP[0], "log": [{"episode": 16}]}], {}, r"sweep\[0\]: log row 0 lacks"),
+        ([SWEEP[0], SWEEP[0]], {}, "repeats a beta"),
+        (SWEEP, {"beta": 0.2}, r"beta must be one of the sweep's \[0.0, 0.1, 0.3\], got 0.2"),
+        (SWEEP, {"num_samples": 0}, "num_samples"),
+    ],
+)
 def test_kl_explorer_rejects_bad_arguments(sweep, kwargs, message):
     from utils.widgets import KLExplorer
 
@@ -268,8 +326,8 @@ def test_short_ppo_run_trains_and_feeds_the_explorer(tiny_base_lm, tiny_profile)
     import torch
 
     from utils import review_world as rw
-    from utils.stages import load_dataset_rows
     from utils.ppo import PPOConfig, text_reward_fn
+    from utils.stages import load_dataset_rows
     from utils.widgets import LOG_KEYS, SHORT_RUN, KLExplorer, curve_data, short_ppo_run
 
     policy, tokenizer = tiny_base_lm

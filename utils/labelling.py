@@ -28,16 +28,18 @@ What a row looks like (one JSON object per line):
   interrupted session loses at most the answer being written. A new labeller on the same file skips every
   item this annotator already answered (ties included).
 """
+
 from __future__ import annotations
 
 import hashlib
 import html
 import json
 import random
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 CHOICES = ("A", "B", "tie", "skip")
 
@@ -126,8 +128,10 @@ class PreferenceLabeller:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as error:
-                    raise ValueError(f"{self.out_path}, line {line_number}: not valid JSON ({error.msg}); "
-                                     "fix or remove that line to resume") from error
+                    raise ValueError(
+                        f"{self.out_path}, line {line_number}: not valid JSON ({error.msg}); "
+                        "fix or remove that line to resume"
+                    ) from error
                 if row.get("annotator_id") == self.annotator_id:
                     done.add(row.get("item_id"))
         return done
@@ -221,9 +225,10 @@ def _option_box(widgets: Any, title: str) -> tuple[Any, Any]:
     basis of 0 makes them equally wide whatever their text, and the text wraps inside its column.
     """
     text = widgets.HTML(value="")
-    box = widgets.VBox(children=[widgets.HTML(value=f"<b>{html.escape(title)}</b>"), text],
-                       layout=widgets.Layout(border="1px solid #9e9e9e", padding="4px 10px", width="50%",
-                                             flex="1 1 0%"))
+    box = widgets.VBox(
+        children=[widgets.HTML(value=f"<b>{html.escape(title)}</b>"), text],
+        layout=widgets.Layout(border="1px solid #9e9e9e", padding="4px 10px", width="50%", flex="1 1 0%"),
+    )
     return box, text
 
 
@@ -270,8 +275,10 @@ def labelling_widget(labeller: PreferenceLabeller):
             if shown[0] is None:  # a double click after the last item is ignored
                 notice.value = ""
             elif labeller.current != shown[0]:
-                notice.value = ("<i>This queue was answered elsewhere since it was shown, so that click recorded "
-                                "nothing. Here is the item it is at now.</i>")
+                notice.value = (
+                    "<i>This queue was answered elsewhere since it was shown, so that click recorded "
+                    "nothing. Here is the item it is at now.</i>"
+                )
             else:
                 labeller.answer(choice)
                 notice.value = ""
@@ -282,6 +289,12 @@ def labelling_widget(labeller: PreferenceLabeller):
     for choice, button in buttons.items():
         button.on_click(on_choice(choice))
     refresh()
-    return widgets.VBox(children=[progress, prompt, widgets.HBox(children=[box_a, box_b],
-                                                                 layout=widgets.Layout(width="100%")),
-                                  notice, widgets.HBox(children=list(buttons.values()))])
+    return widgets.VBox(
+        children=[
+            progress,
+            prompt,
+            widgets.HBox(children=[box_a, box_b], layout=widgets.Layout(width="100%")),
+            notice,
+            widgets.HBox(children=list(buttons.values())),
+        ]
+    )

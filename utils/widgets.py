@@ -16,13 +16,14 @@ Only widgets and calls common to ipywidgets 7 and 8 are used (``FloatSlider``, `
 is HTML, or a PNG drawn off-screen with matplotlib, rather than output captured in an ``Output`` widget:
 it redraws without flicker, and the tests can read it back.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import html
 import io
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import ipywidgets as widgets
 import torch
@@ -47,9 +48,16 @@ class DecodingExplorer:
     the same texts, and moving a slider back restores them.
     """
 
-    def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase,
-                 prompts: Sequence[str] = DEFAULT_PROMPTS, num_samples: int = 4, max_new_tokens: int = 48,
-                 top_n: int = 12, seed: int = 0):
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        prompts: Sequence[str] = DEFAULT_PROMPTS,
+        num_samples: int = 4,
+        max_new_tokens: int = 48,
+        top_n: int = 12,
+        seed: int = 0,
+    ):
         if not prompts:
             raise ValueError("DecodingExplorer: prompts must hold at least one prompt, got none")
         for name, value in (("num_samples", num_samples), ("max_new_tokens", max_new_tokens), ("top_n", top_n)):
@@ -63,12 +71,15 @@ class DecodingExplorer:
         wide = {"description_width": "initial"}
         self.prompt = widgets.Dropdown(options=list(prompts), value=prompts[0], description="prompt", style=wide)
         self.mode = widgets.Dropdown(options=["sample", "greedy"], value="sample", description="decoding", style=wide)
-        self.temperature = widgets.FloatSlider(value=1.0, min=0.1, max=2.0, step=0.05, description="temperature",
-                                               continuous_update=False, style=wide)
-        self.top_k = widgets.IntSlider(value=0, min=0, max=50, step=1, description="top-k (0 = off)",
-                                       continuous_update=False, style=wide)
-        self.top_p = widgets.FloatSlider(value=1.0, min=0.05, max=1.0, step=0.05, description="top-p (1 = off)",
-                                         continuous_update=False, style=wide)
+        self.temperature = widgets.FloatSlider(
+            value=1.0, min=0.1, max=2.0, step=0.05, description="temperature", continuous_update=False, style=wide
+        )
+        self.top_k = widgets.IntSlider(
+            value=0, min=0, max=50, step=1, description="top-k (0 = off)", continuous_update=False, style=wide
+        )
+        self.top_p = widgets.FloatSlider(
+            value=1.0, min=0.05, max=1.0, step=0.05, description="top-p (1 = off)", continuous_update=False, style=wide
+        )
         self.resample = widgets.Button(description="new samples")
         self.distribution = widgets.HTML()
         self.samples = widgets.HTML()
@@ -76,11 +87,13 @@ class DecodingExplorer:
         for control in (self.prompt, self.mode, self.temperature, self.top_k, self.top_p):
             control.observe(self._on_change, names="value")
         self.resample.on_click(self._on_resample)
-        self.widget = widgets.VBox([
-            widgets.HBox([self.prompt, self.mode, self.resample]),
-            widgets.HBox([self.temperature, self.top_k, self.top_p]),
-            widgets.HBox([self.distribution, self.samples]),
-        ])
+        self.widget = widgets.VBox(
+            [
+                widgets.HBox([self.prompt, self.mode, self.resample]),
+                widgets.HBox([self.temperature, self.top_k, self.top_p]),
+                widgets.HBox([self.distribution, self.samples]),
+            ]
+        )
         self.refresh()
 
     # -- callbacks ------------------------------------------------------------------------------
@@ -101,9 +114,16 @@ class DecodingExplorer:
         """Recompute the distribution and the samples for the current controls, and redraw both panes."""
         knobs = {"temperature": self.temperature.value, "top_k": self.top_k.value, "top_p": self.top_p.value}
         self.table = next_token_table(self.model, self.tokenizer, self.prompt.value, top_n=self.top_n, **knobs)
-        self.texts, _ = sample_texts(self.model, self.tokenizer, self.num_samples,
-                                     do_sample=self.mode.value == "sample", max_new_tokens=self.max_new_tokens,
-                                     prompt=self.prompt.value, seed=self.seed, **knobs)
+        self.texts, _ = sample_texts(
+            self.model,
+            self.tokenizer,
+            self.num_samples,
+            do_sample=self.mode.value == "sample",
+            max_new_tokens=self.max_new_tokens,
+            prompt=self.prompt.value,
+            seed=self.seed,
+            **knobs,
+        )
         self.distribution.value = render_distribution(self.table, greedy=self.mode.value == "greedy")
         self.samples.value = render_samples(self.texts)
 
@@ -142,18 +162,27 @@ def render_samples(texts: Sequence[str]) -> str:
 # further per episode than a few large ones, so the run already shows what beta does: at temperature 1,
 # beta = 0 ends ungrammatical with the proxy up and the gold reward down, beta = 0.1 with both up.
 # The temperature is left to the caller: pass the precomputed sweep's to compare like with like.
-SHORT_RUN = SweepConfig(betas=(0.0,), total_episodes=512, batch_size=32, evaluations=1, eval_prompts=32,
-                        samples_kept=8, temperature=None)
+SHORT_RUN = SweepConfig(
+    betas=(0.0,), total_episodes=512, batch_size=32, evaluations=1, eval_prompts=32, samples_kept=8, temperature=None
+)
 
-RECORD_KEYS = ("beta", "kl", "proxy_reward", "gold_reward", "grammatical_fraction", "length_words", "log",
-               "samples")
+RECORD_KEYS = ("beta", "kl", "proxy_reward", "gold_reward", "grammatical_fraction", "length_words", "log", "samples")
 LOG_KEYS = ("episode", "objective/scores", "objective/gold_reward", "objective/kl")
 
 
-def short_ppo_run(policy: nn.Module, proxy_fn: RewardFn, tokenizer: PreTrainedTokenizerBase,
-                  train_prompts: Sequence[str], eval_prompts: Sequence[str], ppo: PPOConfig, beta: float,
-                  run: SweepConfig = SHORT_RUN, seed: int = 0, value_model: nn.Module | None = None,
-                  num_threads: int | None = 1) -> dict:
+def short_ppo_run(
+    policy: nn.Module,
+    proxy_fn: RewardFn,
+    tokenizer: PreTrainedTokenizerBase,
+    train_prompts: Sequence[str],
+    eval_prompts: Sequence[str],
+    ppo: PPOConfig,
+    beta: float,
+    run: SweepConfig = SHORT_RUN,
+    seed: int = 0,
+    value_model: nn.Module | None = None,
+    num_threads: int | None = 1,
+) -> dict:
     """One short PPO run at ``beta`` from a copy of ``policy`` against ``proxy_fn``, evaluated at its end.
 
     It is the sweep's run (:func:`utils.evaluation.kl_sweep` with the single beta), so it trains and is
@@ -170,17 +199,32 @@ def short_ppo_run(policy: nn.Module, proxy_fn: RewardFn, tokenizer: PreTrainedTo
     ``checkpoints``, ``train_seconds``), plus ``eval_prompts``, the number of held-out prompts evaluated.
     """
     run = dataclasses.replace(run, betas=(beta,))  # SweepConfig rejects a negative or non-finite beta
-    eval_prompts = list(eval_prompts)[:run.eval_prompts]
-    sampling = SamplingConfig(max_new_tokens=ppo.response_length, temperature=ppo.temperature,
-                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
-                                    or num_threads < 1):
+    eval_prompts = list(eval_prompts)[: run.eval_prompts]
+    sampling = SamplingConfig(
+        max_new_tokens=ppo.response_length,
+        temperature=ppo.temperature,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    if num_threads is not None and (
+        isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
+    ):
         raise ValueError(f"short_ppo_run: num_threads must be None or an int >= 1, got {num_threads!r}")
     threads = torch.get_num_threads()
     torch.set_num_threads(num_threads or threads)
     try:
-        [record] = kl_sweep(policy, proxy_fn, tokenizer, train_prompts, eval_prompts, ppo, run, sampling, seed=seed,
-                            value_model=value_model)
+        [record] = kl_sweep(
+            policy,
+            proxy_fn,
+            tokenizer,
+            train_prompts,
+            eval_prompts,
+            ppo,
+            run,
+            sampling,
+            seed=seed,
+            value_model=value_model,
+        )
     finally:
         torch.set_num_threads(threads)
     return {**record, "eval_prompts": len(eval_prompts)}
@@ -223,8 +267,13 @@ class KLExplorer:
         beta: the beta selected at first; None: the middle one of the sweep.
     """
 
-    def __init__(self, sweep: Sequence[dict], train_fn: Callable[[float], dict] | None = None,
-                 num_samples: int = 4, beta: float | None = None):
+    def __init__(
+        self,
+        sweep: Sequence[dict],
+        train_fn: Callable[[float], dict] | None = None,
+        num_samples: int = 4,
+        beta: float | None = None,
+    ):
         if not sweep:
             raise ValueError("KLExplorer: sweep must hold at least one kl_sweep record, got none")
         self.sweep = {float(r["beta"]): r for r in (_check_record(r, f"sweep[{i}]") for i, r in enumerate(sweep))}
@@ -242,10 +291,14 @@ class KLExplorer:
         self.seconds: dict[float, float] = {}  # how long each of your runs took here, wall clock
         self.curve_data: dict[str, dict[str, list[float]]] = {}  # what the figure draws, per run
 
-        self.beta = widgets.SelectionSlider(options=[(f"{b:g}", b) for b in betas], value=beta,
-                                            description="beta", continuous_update=False)
-        self.train = widgets.Button(description="train here", disabled=train_fn is None,
-                                    tooltip="train a short PPO run at this beta on this machine")
+        self.beta = widgets.SelectionSlider(
+            options=[(f"{b:g}", b) for b in betas], value=beta, description="beta", continuous_update=False
+        )
+        self.train = widgets.Button(
+            description="train here",
+            disabled=train_fn is None,
+            tooltip="train a short PPO run at this beta on this machine",
+        )
         self.status = widgets.HTML()
         self.summary = widgets.HTML()
         self.curves = widgets.Image(format="png")
@@ -254,14 +307,20 @@ class KLExplorer:
         self.beta.observe(self._on_change, names="value")
         self.train.on_click(self._on_train)
         boxed = {"border": "1px solid #9e9e9e", "padding": "4px 10px", "width": "50%", "flex": "1 1 0%"}
-        self.widget = widgets.VBox([
-            widgets.HBox([self.beta, self.train, self.status]),
-            self.summary,
-            self.curves,
-            widgets.HBox([widgets.VBox([self.precomputed_samples], layout=widgets.Layout(**boxed)),
-                          widgets.VBox([self.your_samples], layout=widgets.Layout(**boxed))],
-                         layout=widgets.Layout(width="100%")),
-        ])
+        self.widget = widgets.VBox(
+            [
+                widgets.HBox([self.beta, self.train, self.status]),
+                self.summary,
+                self.curves,
+                widgets.HBox(
+                    [
+                        widgets.VBox([self.precomputed_samples], layout=widgets.Layout(**boxed)),
+                        widgets.VBox([self.your_samples], layout=widgets.Layout(**boxed)),
+                    ],
+                    layout=widgets.Layout(width="100%"),
+                ),
+            ]
+        )
         self.refresh()
 
     # -- callbacks ------------------------------------------------------------------------------
@@ -305,29 +364,37 @@ class KLExplorer:
         beta = self.beta.value
         precomputed, yours = self.sweep[beta], self.runs.get(beta)
         if yours is None:
-            self.status.value = ("no run of yours at this beta yet" if self.train_fn is not None
-                                 else "browsing only (no train_fn given)")
+            self.status.value = (
+                "no run of yours at this beta yet" if self.train_fn is not None else "browsing only (no train_fn given)"
+            )
         else:
-            self.status.value = (f"your run: {_episodes(yours):,} episodes, trained in "
-                                 f"{self.seconds[beta]:.0f} s on this machine")
+            self.status.value = (
+                f"your run: {_episodes(yours):,} episodes, trained in {self.seconds[beta]:.0f} s on this machine"
+            )
         self.summary.value = render_summary(precomputed, yours)
         self.curve_data = {"precomputed": curve_data(precomputed)}
         if yours is not None:
             self.curve_data["yours"] = curve_data(yours)
         self.curves.value = render_curves(self.curve_data, beta)
         self.precomputed_samples.value = render_run_samples(
-            f"precomputed run, after {_episodes(precomputed):,} episodes", precomputed["samples"][:self.num_samples])
+            f"precomputed run, after {_episodes(precomputed):,} episodes", precomputed["samples"][: self.num_samples]
+        )
         self.your_samples.value = render_run_samples(
             "your run" + (f", after {_episodes(yours):,} episodes" if yours else ""),
-            yours["samples"][:self.num_samples] if yours else [],
-            empty="press the button to train a short run at this beta on this machine")
+            yours["samples"][: self.num_samples] if yours else [],
+            empty="press the button to train a short run at this beta on this machine",
+        )
 
 
 def curve_data(record: dict) -> dict[str, list[float]]:
     """The per-update curves of a run's log: episodes, proxy and gold reward of the training batch, and KL."""
     log = record["log"]
-    return {"episodes": [row["episode"] for row in log], "proxy": [row["objective/scores"] for row in log],
-            "gold": [row["objective/gold_reward"] for row in log], "kl": [row["objective/kl"] for row in log]}
+    return {
+        "episodes": [row["episode"] for row in log],
+        "proxy": [row["objective/scores"] for row in log],
+        "gold": [row["objective/gold_reward"] for row in log],
+        "kl": [row["objective/kl"] for row in log],
+    }
 
 
 def render_curves(curves: dict[str, dict[str, list[float]]], beta: float, dpi: int = 80) -> bytes:
@@ -359,12 +426,16 @@ def render_summary(precomputed: dict, yours: dict | None = None) -> str:
     rows.append(("precomputed run", _episodes(precomputed), precomputed))
     if yours is not None:
         rows.append(("your run (this machine)", _episodes(yours), yours))
-    header = ("<tr><th></th><th>episodes</th><th>KL (nats)</th><th>proxy</th><th>gold</th><th>grammatical</th>"
-              "<th>words</th></tr>")
+    header = (
+        "<tr><th></th><th>episodes</th><th>KL (nats)</th><th>proxy</th><th>gold</th><th>grammatical</th>"
+        "<th>words</th></tr>"
+    )
     cells = "".join(
         f"<tr><td>{name}</td><td>{episodes:,}</td><td>{m['kl']:.2f}</td><td>{m['proxy_reward']:+.2f}</td>"
         f"<td>{m['gold_reward']:+.2f}</td><td>{m['grammatical_fraction']:.2f}</td><td>{m['length_words']:.1f}</td>"
-        "</tr>" for name, episodes, m in rows)
+        "</tr>"
+        for name, episodes, m in rows
+    )
     note = "final evaluation on held-out prompts: proxy and gold reward of fresh samples, KL to the SFT policy"
     if yours is not None and "eval_prompts" in yours:
         note += f"; your run on {yours['eval_prompts']} prompts, so its figures are noisier"
@@ -378,5 +449,7 @@ def render_run_samples(title: str, samples: Sequence[dict], empty: str = "no sam
         return f"<b>{html.escape(title)}</b><br><i>{html.escape(empty)}</i>"
     items = "".join(
         f"<li>{'✓' if s['grammatical'] else '✗'} gold {s['gold_reward']:+.2f}, proxy {s['proxy_reward']:+.2f} | "
-        f"{html.escape(s['prompt'])}<b>{html.escape(s['response'])}</b></li>" for s in samples)
+        f"{html.escape(s['prompt'])}<b>{html.escape(s['response'])}</b></li>"
+        for s in samples
+    )
     return f"<b>{html.escape(title)}</b><ul style='padding-left:18px'>{items}</ul>"
