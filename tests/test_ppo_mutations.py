@@ -17,31 +17,17 @@ import math
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from test_ppo import EOS, PAD, VOCAB, tiny_config  # one tiny GPT-2 for every PPO test
+from transformers import GPT2LMHeadModel
 
 from utils.cartpole import PPOConfig as CartPoleConfig
 from utils.cartpole import train_ppo as train_cartpole_ppo
 from utils.ppo import PPOConfig, PPOTrainer
 
-VOCAB, EOS, PAD = 32, 0, 1
-
 
 def tiny_policy(seed: int = 0) -> GPT2LMHeadModel:
     torch.manual_seed(seed)
-    config = GPT2Config(
-        vocab_size=VOCAB,
-        n_positions=48,
-        n_embd=16,
-        n_layer=2,
-        n_head=2,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=EOS,
-        eos_token_id=EOS,
-        pad_token_id=PAD,
-    )
-    return GPT2LMHeadModel(config).eval()
+    return GPT2LMHeadModel(tiny_config()).eval()
 
 
 def prompts(n: int = 32, seed: int = 0) -> list[list[int]]:
