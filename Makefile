@@ -12,6 +12,12 @@ export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 export TOKENIZERS_PARALLELISM := false
 export PYTHONHASHSEED := 0
 NBVAL_FLAGS := --nbval-lax --nbval-sanitize-with notebooks/nbval_sanitize.cfg
+# Tests run in PYTEST_WORKERS processes (pytest-xdist; a notebook and its cells stay in one worker), each
+# with one torch thread: on 2 cores that is faster than one process with 2 threads, and it does not
+# stall when something else is busy (see `python -m utils.thread_bench`). Set RLHF_NUM_THREADS to override.
+PYTEST_WORKERS ?= 2
+PARALLEL := -n $(PYTEST_WORKERS) --dist loadfile
+ONE_THREAD := RLHF_NUM_THREADS=$${RLHF_NUM_THREADS:-1}
 # The notebooks nbval runs: every chapter and its solutions (each runs top to bottom in 3 minutes or
 # less with the artifacts of the default pipeline).
 FINISHED := 00_setup_and_tour 01_self_attention 02_transformer_architecture \
@@ -39,18 +45,19 @@ run: setup
 # Unit tests first (fast), then the pipeline's artifacts (built once, cached in results/), then the
 # finished notebooks and their solutions under nbval.
 test: setup
-	$(PY) -m pytest tests -q
+	$(ONE_THREAD) $(PY) -m pytest tests -q $(PARALLEL)
 	$(PY) -m utils.pipeline
-	$(PY) -m pytest $(NBVAL_FLAGS) $(NOTEBOOKS) -q
+	$(ONE_THREAD) $(PY) -m pytest $(NBVAL_FLAGS) $(NOTEBOOKS) -q $(PARALLEL)
 
 unit: setup
-	$(PY) -m pytest tests -q
+	$(ONE_THREAD) $(PY) -m pytest tests -q $(PARALLEL)
 
 notebooks: setup
-	$(PY) -m pytest $(NBVAL_FLAGS) $(NOTEBOOKS) -q
+	$(ONE_THREAD) $(PY) -m pytest $(NBVAL_FLAGS) $(NOTEBOOKS) -q $(PARALLEL)
 
 bench: setup
 	$(PY) -m utils.bench
+	$(PY) -m utils.thread_bench
 
 # Linter and formatter check (ruff, pinned in requirements.txt; settings in pyproject.toml).
 lint: setup

@@ -37,6 +37,7 @@ from utils.profiles import DataConfig, Profile
 from utils.review_world import AnnotatorConfig, GrammarConfig
 from utils.reward_model import RewardModelConfig
 from utils.sft import SFTConfig
+from utils.thread_bench import ThreadBenchConfig
 from utils.tokenizer import TokenizerConfig
 from utils.transformer import BlockConfig, EncoderDecoderConfig, EncoderOnlyConfig, GPTConfig
 
@@ -45,6 +46,7 @@ UTILS = Path(__file__).resolve().parents[1] / "utils"
 CONFIGS = (
     AttentionConfig,
     BenchConfig,
+    ThreadBenchConfig,
     CartPolePPOConfig,
     REINFORCEConfig,
     SamplingConfig,

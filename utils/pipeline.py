@@ -82,12 +82,12 @@ def run(stages: list[str] | None = None, profile_name: str | None = None) -> dic
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; choose from {list(STAGES)}")
-    threads = configure_threads()
-    logger.info("profile %s, run seed %d, %d thread(s); outputs in %s", profile.name, run_seed(), threads, run_dir())
+    logger.info("profile %s, run seed %d; outputs in %s", profile.name, run_seed(), run_dir())
     metrics = {}
     for stage in stages:
         start = time.perf_counter()
-        logger.info("stage %s ...", stage)
+        threads = configure_threads()  # per stage: one thread per idle core, so a busy machine does not stall us
+        logger.info("stage %s (%d thread%s) ...", stage, threads, "" if threads == 1 else "s")
         try:
             new = STAGES[stage](profile)
         except Exception as err:

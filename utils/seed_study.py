@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from utils.artifacts import atomic_write_json, atomic_write_text, results_dir
-from utils.seed import configure_threads
+from utils.seed import available_cores
 from utils.targets import MEAN_TARGETS, TARGETS
 
 
@@ -195,7 +195,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="run seeds (default: 0 1 2)")
     parser.add_argument(
-        "--threads", type=int, default=None, help="RLHF_NUM_THREADS of the seed runs (default: the pipeline's)"
+        "--threads",
+        type=int,
+        default=None,
+        help="RLHF_NUM_THREADS of the seed runs (default: every core, fixed, so that no run depends on the load)",
     )
     parser.add_argument(
         "--threads-check",
@@ -211,11 +214,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(s < 0 for s in args.seeds):
         parser.error(f"--seeds must be non-negative integers, got {args.seeds}")
 
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    threads = args.threads or available_cores()
     runs, seconds = {}, {}
     for seed in args.seeds:
         start = time.perf_counter()
         print(f"seed study: pipeline with RLHF_SEED={seed} ...", file=sys.stderr, flush=True)
-        runs[seed] = run_pipeline(seed, num_threads=args.threads, profile=args.profile)
+        runs[seed] = run_pipeline(seed, num_threads=threads, profile=args.profile)
         seconds[seed] = time.perf_counter() - start
     study = {
         "profile": next(iter(runs.values())).get("profile", args.profile or "course"),
@@ -226,7 +232,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     if args.threads_check is not None:
         seed = args.threads_check
-        threads = args.threads or configure_threads()
         other = 1 if threads != 1 else 2
         print(f"seed study: seed {seed} again with RLHF_NUM_THREADS={other} ...", file=sys.stderr, flush=True)
         study_run = runs[seed] if seed in runs else run_pipeline(seed, num_threads=threads, profile=args.profile)

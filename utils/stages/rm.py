@@ -31,6 +31,11 @@ from utils.stages.sft import load_sft_model, sft_key
 from utils.tokenizer import load_tokenizer
 from utils.trl_helpers import quiet_training
 
+TRAIN_ACCURACY_PAIRS = 4_000
+"""Training accuracy (beside the held-out one, to show over-fitting) is measured on this many training pairs:
+as many as the held-out set, so both have the same sampling error (about 0.6 points), at a quarter of the
+cost of scoring all 16,000 (a minute on 2 cores)."""
+
 
 def rm_key(profile: Profile) -> dict:
     """What the RM artifact depends on: the model it starts from (and all upstream of it) and our config."""
@@ -62,7 +67,7 @@ def rm_dir(profile: Profile | None = None) -> Path:
         log = train_reward_model(model, train, test, pad, config)
         meta: dict = {
             "train_seconds": time.perf_counter() - start,
-            "train_accuracy": evaluate_pairs(model, train, pad)["accuracy"],
+            "train_accuracy": evaluate_pairs(model, train[:TRAIN_ACCURACY_PAIRS], pad)["accuracy"],
         }
         meta["norm_mean"], meta["norm_std"] = set_normalisation(model, tokenizer, reference)
         metrics, details = evaluate_reward_model(model, tokenizer, test_rows, annotator, config.calibration_bins)
@@ -96,7 +101,7 @@ def rm_dir(profile: Profile | None = None) -> Path:
             logs["encoder"] = train_reward_model(encoder, train, test, pad, encoder_schedule, lr=config.encoder_lr)
             meta["encoder_train_seconds"] = time.perf_counter() - start
             meta["encoder_heldout_accuracy"] = evaluate_pairs(encoder, test, pad)["accuracy"]
-            meta["encoder_train_accuracy"] = evaluate_pairs(encoder, train, pad)["accuracy"]
+            meta["encoder_train_accuracy"] = evaluate_pairs(encoder, train[:TRAIN_ACCURACY_PAIRS], pad)["accuracy"]
         atomic_write_json(folder / "train_log.json", logs)
         return meta
 
