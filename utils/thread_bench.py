@@ -184,6 +184,7 @@ def time_workload(run: Callable[[], None], threads: int, loaded: bool, repeats: 
 
 def measure(config: ThreadBenchConfig, workloads: tuple[str, ...] = WORKLOADS) -> dict:
     """Seconds per repetition for every workload x (1, 2 threads) x (idle, loaded)."""
+    load_before = os.getloadavg()[0]
     rows = {}
     for name in workloads:
         run = make_workload(name, config)
@@ -194,7 +195,7 @@ def measure(config: ThreadBenchConfig, workloads: tuple[str, ...] = WORKLOADS) -
         }
     return {
         "cpu_count": os.cpu_count(),
-        "load_average_before": os.getloadavg()[0],
+        "load_average_before": load_before,
         "torch": torch.__version__,
         "config": config.__dict__,
         "seconds": rows,
@@ -228,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     except (TypeError, ValueError) as error:
         parser.error(str(error))
     result = measure(config, tuple(args.workloads))
-    print(f"{result['cpu_count']} CPUs, load average {result['load_average_before']:.2f}, torch {result['torch']}")
+    cpus, load = result["cpu_count"], result["load_average_before"]
+    print(f"{cpus} CPUs, load average {load:.2f} before, torch {result['torch']}")
     print(format_table(result))
     if args.json:
         with open(args.json, "w") as handle:
