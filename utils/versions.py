@@ -35,9 +35,17 @@ def versions() -> dict[str, str]:
     return out
 
 
+def versions_line() -> str:
+    """The versions on one line: "python 3.11.9 · torch 2.13.0 · ... · cpu, 2 threads"."""
+    found = versions()
+    hardware = f"{found.pop('device')}, {found.pop('torch threads')} threads"
+    found.pop("platform")
+    return " · ".join([*(f"{name} {version}" for name, version in found.items()), hardware])
+
+
 def print_versions() -> None:
-    for name, version in versions().items():
-        print(f"{name:>14}: {version}")
+    """One line of versions (the details a bug report needs are in :func:`versions`)."""
+    print(versions_line())
 
 
 def in_colab() -> bool:
