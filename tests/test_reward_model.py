@@ -68,11 +68,27 @@ def test_bradley_terry_loss_is_stable_and_has_the_right_gradient():
     )
     (grad,) = torch.autograd.grad(ours.sum(), diff)
     torch.testing.assert_close(grad, -torch.sigmoid(-diff.detach()))  # d/dx log(1 + e^-x) = -sigmoid(-x)
-    # The documented caveat: at an exact tie autograd takes one-sided derivatives at the two kinks.
+    # At an exact tie the gradient is -sigmoid(0) = -1/2 (the kinked form max(-x, 0) + log1p(exp(-|x|)) gives -1).
     tie = torch.zeros(1, requires_grad=True)
     (tie_grad,) = torch.autograd.grad(rm.bradley_terry_loss(tie, torch.zeros(1)), tie)
-    assert tie_grad.item() == -1.0 and rm.bradley_terry_loss(tie, torch.zeros(1)).item() == pytest.approx(math.log(2))
+    assert tie_grad.item() == -0.5 and rm.bradley_terry_loss(tie, torch.zeros(1)).item() == pytest.approx(math.log(2))
     assert torch.isinf(-torch.log(torch.sigmoid(torch.tensor(-200.0))))  # what the naive formula gives
+
+
+def test_bradley_terry_loss_equals_torch_logsigmoid_with_its_gradient_over_a_wide_range():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(2000, generator=generator) * 5, torch.linspace(-150.0, 150.0, 301)]).requires_grad_()
+    ours = rm.bradley_terry_loss(x, torch.zeros_like(x), reduction="none")
+    reference = -F.logsigmoid(x)
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-6)
+    assert torch.isfinite(ours).all()
+    (grad,) = torch.autograd.grad(ours.sum(), x)
+    (reference_grad,) = torch.autograd.grad(reference.sum(), x)
+    torch.testing.assert_close(grad, reference_grad, rtol=0, atol=1e-6)
+    torch.testing.assert_close(grad, -torch.sigmoid(-x.detach()), rtol=0, atol=1e-6)
+    ties = torch.zeros(4, requires_grad=True)  # four tied pairs, per-pair gradient of the summed loss
+    (tie_grad,) = torch.autograd.grad(rm.bradley_terry_loss(ties, torch.zeros(4), reduction="none").sum(), ties)
+    assert tie_grad.tolist() == [-0.5] * 4
 
 
 def test_margin_shifts_the_loss():
