@@ -42,7 +42,8 @@ def test_07_2_agreement():
 
     def predicted_from_default_annotator(rows, temperature):
         measured, _ = _agreement(rows, temperature)
-        p = np.array([rw.preference_probability(r["prompt"], r["chosen"], r["rejected"], rw.AnnotatorConfig()) for r in rows])
+        default = rw.AnnotatorConfig()
+        p = np.array([rw.preference_probability(r["prompt"], r["chosen"], r["rejected"], default) for r in rows])
         return measured, np.mean(p**2 + (1 - p) ** 2)
 
     assert not check("07.2", same_coins)
