@@ -407,3 +407,86 @@ def evaluate_instructions(
         for check in task_checks(subset[0], subset[0]["output"]):
             metrics[f"{task}.{check}"] = sum(r[check] for r in subset) / len(subset)
     return metrics, records
+
+
+# ------------------------------------------------------------------------------------------------
+# Chat templates and assistant-only loss (conversational data, as chat models are trained)
+# ------------------------------------------------------------------------------------------------
+# A chat model sees a conversation rendered by a Jinja *chat template*. TRL's ``assistant_only_loss=True``
+# trains on the tokens inside ``{% generation %} ... {% endgeneration %}`` only: transformers returns them as
+# ``assistant_masks`` and TRL sets every other label to -100. The end-of-turn token (our EOS) sits inside the
+# generation block, so the model learns to stop its turn.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ 'User: ' + message['content'] + '\n' }}"
+    "{% else %}{{ 'Assistant:' }}{% generation %}{{ ' ' + message['content'] + eos_token }}{% endgeneration %}"
+    "{{ '\n' }}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+
+
+def to_messages(row: dict) -> list[dict]:
+    """A prompt-completion row as a two-turn conversation (TRL's conversational "messages" format)."""
+    return [
+        {"role": "user", "content": row["prompt"]},
+        {"role": "assistant", "content": row["completion"].strip()},  # the template puts the space back
+    ]
+
+
+def with_chat_template(tokenizer: PreTrainedTokenizerBase, template: str = CHAT_TEMPLATE):
+    """A copy of ``tokenizer`` with ``template`` as its chat template (the shared tokenizer stays untouched)."""
+    import copy
+
+    chat_tokenizer = copy.deepcopy(tokenizer)
+    chat_tokenizer.chat_template = template
+    return chat_tokenizer
+
+
+def assistant_only_labels(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict]) -> tuple[list[int], list[int]]:
+    """Token ids of a conversation rendered like :data:`CHAT_TEMPLATE`, written out in Python, and labels
+    that are -100 everywhere except on the assistant's answers and their EOS (what the model learns to write).
+
+    Each piece is tokenized on its own; the pieces end on token boundaries (newline, colon, special token),
+    so the ids equal those of the whole rendered text.
+    """
+    pieces = [(tokenizer.bos_token, False)]  # (text, trained?)
+    for message in messages:
+        if message["role"] == "user":
+            pieces.append((f"User: {message['content']}\n", False))
+        elif message["role"] == "assistant":
+            pieces += [("Assistant:", False), (f" {message['content']}{tokenizer.eos_token}", True), ("\n", False)]
+        else:
+            raise ValueError(f"assistant_only_labels: unknown role {message['role']!r} (user or assistant)")
+    ids, labels = [], []
+    for text, trained in pieces:
+        piece_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids += piece_ids
+        labels += piece_ids if trained else [-100] * len(piece_ids)
+    return ids, labels
+
+
+def build_chat_sft_trainer(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: Sequence[list[dict]],
+    config: SFTConfig,
+    output_dir: str | Path,
+) -> SFTTrainer:
+    """A TRL ``SFTTrainer`` on conversational data (``{"messages": [...]}`` rows) with
+    ``assistant_only_loss=True``, not yet trained. ``tokenizer`` must carry a chat template with
+    ``{% generation %}`` markers (see :func:`with_chat_template`)."""
+    from datasets import Dataset
+    from trl import SFTConfig as TRLSFTConfig
+    from trl import SFTTrainer
+
+    args = TRLSFTConfig(
+        output_dir=str(output_dir),
+        num_train_epochs=config.epochs,
+        learning_rate=config.lr,
+        max_length=config.max_length,
+        assistant_only_loss=True,
+        packing=False,
+        **offline_cpu_training_args(config.batch_size, config.seed),
+    )
+    dataset = Dataset.from_list([{"messages": list(messages)} for messages in conversations])
+    with quiet_training():
+        return silence_trainer(SFTTrainer(model=model, args=args, processing_class=tokenizer, train_dataset=dataset))
