@@ -72,6 +72,13 @@ def test_agreement_with_gold_by_hand():
     assert jd.agreement_with_gold(verdict, gold_a, gold_b) == pytest.approx((1 + 0 + 0.5 + 0) / 4)
 
 
+def test_gold_ties_within_float_noise():
+    assert jd.gold_verdicts(np.array([0.3, 0.3 + 1e-15, 0.5]), np.array([0.3, 0.3, 0.1])).tolist() == [0, 0, 1]
+    # a judge that ties exactly where gold ties up to float noise agrees on every strict pair
+    verdict = np.array([0, 1])
+    assert jd.agreement_with_gold(verdict, np.array([0.1 + 0.2, 0.5]), np.array([0.3, 0.1])) == 1.0
+
+
 def test_length_bias_by_hand():
     verdict = np.array([1, 1, -1, 0, 1, -1, 1])
     gold_a = np.array([0.1, 0.1, 0.1, 0.5, 0.5, 0.5, 0.3])
@@ -161,7 +168,7 @@ def test_a_judge_trained_on_unshuffled_pairs_learns_position_bias(labelled_rows)
 def test_bias_report_of_the_gold_judge_itself():
     texts = [r["prompt"] + r["chosen"] for r in rw.preference_pairs(80, seed=5)]
     a, b = texts[:40], texts[40:]
-    gold = jd.pointwise_judge(lambda ts: [rw.gold_reward(t) * 100 for t in ts])  # sharp: no rounding to ties
+    gold = jd.pointwise_judge(lambda ts: [rw.gold_reward(t) for t in ts])
     report = jd.bias_report(gold, a, b)
     assert report["agreement"] == 1.0 and report["flip_rate"] == 0.0
     assert report["n_gold_prefers_shorter"] > 0 and report["n_gold_prefers_longer"] > 0

@@ -37,7 +37,8 @@ from utils import review_world as rw
 Judge = Callable[[Sequence[str], Sequence[str]], np.ndarray]
 """judge(firsts, seconds) -> P(first is better), one probability per pair."""
 
-TIE_TOLERANCE = 1e-9  # a probability this close to 1/2 is a tie
+TIE_TOLERANCE = 1e-12  # a probability this close to 1/2 is a tie
+GOLD_TIE_TOLERANCE = 1e-9  # gold rewards this close are a tie (sums of floats in another order differ by ~1e-16)
 
 
 def verdicts(p_first: np.ndarray) -> np.ndarray:
@@ -101,9 +102,15 @@ def pointwise_judge(score: Callable[[Sequence[str]], Sequence[float]]) -> Judge:
     return judge
 
 
+def gold_verdicts(gold_a: np.ndarray, gold_b: np.ndarray) -> np.ndarray:
+    """+1 where gold prefers a, -1 where it prefers b, 0 where the two gold rewards tie (within 1e-9)."""
+    gap = np.asarray(gold_a, dtype=float) - np.asarray(gold_b, dtype=float)
+    return np.where(np.abs(gap) <= GOLD_TIE_TOLERANCE, 0, np.sign(gap)).astype(int)
+
+
 def agreement_with_gold(verdict_a: np.ndarray, gold_a: np.ndarray, gold_b: np.ndarray) -> float:
     """Share of the pairs gold does not tie on where the judge picks gold's winner (a judge's tie: half)."""
-    verdict_a, gold_verdict = np.asarray(verdict_a), np.sign(np.asarray(gold_a) - np.asarray(gold_b))
+    verdict_a, gold_verdict = np.asarray(verdict_a), gold_verdicts(gold_a, gold_b)
     strict = gold_verdict != 0
     if not strict.any():
         raise ValueError("gold ties on every pair: nothing to agree with")
@@ -125,7 +132,7 @@ def length_bias(
     """
     verdict_a, words_a, words_b = np.asarray(verdict_a), np.asarray(words_a), np.asarray(words_b)
     length_gap = np.sign(words_a - words_b)  # +1 where a is the longer
-    gold = np.sign(np.asarray(gold_a, dtype=float) - np.asarray(gold_b, dtype=float))
+    gold = gold_verdicts(gold_a, gold_b)
     picks_longer = np.where(verdict_a == 0, 0.5, (verdict_a == length_gap).astype(float))
     differ = length_gap != 0
     prefers_shorter = differ & (gold == -length_gap)
