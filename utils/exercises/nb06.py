@@ -28,7 +28,9 @@ def check_rouge2_by_hand(answer):
 def _tiny_gpt2(d: int, n_layer: int):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    return GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=16, n_embd=d, n_layer=n_layer, n_head=2))
+    return GPT2LMHeadModel(
+        GPT2Config(vocab_size=50, n_positions=16, n_embd=d, n_layer=n_layer, n_head=2, bos_token_id=0, eos_token_id=1)
+    )
 
 
 @exercise("06.2")
