@@ -26,9 +26,9 @@ def test_stub_says_not_done(capsys):
         raise NotImplementedError
 
     assert is_stub(square) and is_stub(square_raises) and is_stub(None) and is_stub(...)
-    assert check("99.1", square) is False
-    assert check("99.1", square_raises) is False
-    assert check("99.2", None) is False
+    assert not check("99.1", square)
+    assert not check("99.1", square_raises)
+    assert not check("99.2", None)
     assert capsys.readouterr().out.count("not done yet") == 3
 
 
@@ -38,13 +38,13 @@ def test_a_function_returning_none_counts_as_not_done(capsys):
         return None
 
     assert not is_stub(square)
-    assert check("99.1", square) is False
+    assert not check("99.1", square)
     assert "not done yet" in capsys.readouterr().out
 
 
 def test_wrong_answer_says_why_without_raising(capsys):
-    assert check("99.1", lambda x: 2 * x) is False
-    assert check("99.2", 0.5) is False
+    assert not check("99.1", lambda x: 2 * x)
+    assert not check("99.2", 0.5)
     out = capsys.readouterr().out
     assert "Exercise 99.1: not yet. square(1.5) gave 3.0" in out
     assert "Exercise 99.2: not yet. 0.5 is not the probability" in out

@@ -93,10 +93,10 @@ WRONG = {
 
 @pytest.mark.parametrize("exercise_id", sorted(WRONG))
 def test_wrong_answer_fails(exercise_id, capsys):
-    assert check(exercise_id, WRONG[exercise_id]) is False
+    assert not check(exercise_id, WRONG[exercise_id])
     assert capsys.readouterr().out.startswith(f"Exercise {exercise_id}: not yet.")
 
 
 def test_merges_in_reverse_order_fail(capsys):
-    assert check("03.2", lambda text, merges: bpe_encode(text, merges[::-1])) is False
+    assert not check("03.2", lambda text, merges: bpe_encode(text, merges[::-1]))
     assert "not yet" in capsys.readouterr().out

@@ -120,18 +120,18 @@ WRONG = {
 
 @pytest.mark.parametrize("exercise_id", sorted(WRONG))
 def test_wrong_answer_fails(exercise_id, capsys):
-    assert check(exercise_id, WRONG[exercise_id]) is False
+    assert not check(exercise_id, WRONG[exercise_id])
     assert capsys.readouterr().out.startswith(f"Exercise {exercise_id}: not yet.")
 
 
 @pytest.mark.parametrize("scaler", [ScalerWithoutScaling, ScalerThatNeverGrows])
 def test_wrong_loss_scaler_fails(scaler, capsys):
-    assert check("04.4", scaler) is False
+    assert not check("04.4", scaler)
     assert capsys.readouterr().out.startswith("Exercise 04.4: not yet.")
 
 
 def test_unfilled_loss_scaler_is_not_done(capsys):
-    assert check("04.4", UnfilledScaler) is False
+    assert not check("04.4", UnfilledScaler)
     assert capsys.readouterr().out.strip() == "Exercise 04.4: not done yet"
 
 
@@ -139,5 +139,5 @@ def test_masked_nll_without_the_mask_fails(capsys):
     def unmasked(logits, input_ids, attention_mask):  # averages the padding positions too
         return masked_token_nll(logits, input_ids, torch.ones_like(attention_mask))
 
-    assert check("04.2", unmasked) is False
+    assert not check("04.2", unmasked)
     assert "not yet" in capsys.readouterr().out

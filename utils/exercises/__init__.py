@@ -120,8 +120,29 @@ def stub_guard(fn: Callable) -> Callable:
     return guarded
 
 
-def check(exercise_id: str, answer: object) -> bool:
-    """Check the student's ``answer`` to exercise ``exercise_id``; print the verdict; True if it passed."""
+class Verdict:
+    """What :func:`check` returns: true when the answer passed (``assert check(...)`` in the solutions). It
+    displays nothing in a notebook, so a starter cell shows only the printed verdict, not a stray False."""
+
+    def __init__(self, passed: bool) -> None:
+        self.passed = passed
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def __repr__(self) -> str:
+        return f"Verdict(passed={self.passed})"
+
+    def _ipython_display_(self) -> None:  # IPython calls this instead of printing the repr
+        pass
+
+
+def check(exercise_id: str, answer: object) -> Verdict:
+    """Check the student's ``answer`` to exercise ``exercise_id``; print the verdict; true if it passed."""
+    return Verdict(_run_check(exercise_id, answer))
+
+
+def _run_check(exercise_id: str, answer: object) -> bool:
     run_check = _check_for(exercise_id)
     if is_stub(answer):
         print(f"Exercise {exercise_id}: not done yet")
