@@ -627,8 +627,10 @@ class AnnotatorConfig:
     """noise temperature: P(A > B) = sigmoid((gold(A) - gold(B)) / temperature + bias). Lower = more
     consistent annotators; real human agreement on HH-style data is around 65-75%"""
     length_bias_per_word: float = 0.15
-    """spurious preference for longer answers, in logits per extra word (negative: for shorter ones). Real
-    annotators show it too (Singhal et al., 2023); a reward model learns it and PPO exploits it"""
+    """spurious preference for longer answers, in logits per extra word (negative: for shorter ones). A planted
+    stand-in for the length correlations Singhal et al. (2023) measure in reward models and RLHF policies (not a
+    claim about human labellers: HH-RLHF's chosen answer is the shorter one in 54% of pairs, notebook 07); a
+    reward model learns it and PPO exploits it"""
     seed: int = 0
     """seed of this annotator's coin flips (two annotators = two seeds)"""
 
