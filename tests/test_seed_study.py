@@ -128,3 +128,37 @@ def test_markdown_and_thread_comparison():
 def test_cli_needs_two_seeds():
     with pytest.raises(SystemExit):
         seed_study.main(["--seeds", "0"])
+
+
+def test_sweep_over_seeds_averages_beta_by_beta(tmp_path):
+    runs = {
+        0: {
+            "eval.sweep.beta=0/gold_reward": -1.0,
+            "eval.sweep.beta=0/proxy_reward": 1.5,
+            "eval.sweep.beta=0/kl": 30.0,
+            "eval.sweep.beta=0.1/gold_reward": 0.4,
+            "eval.sweep.beta=0.1/proxy_reward": 1.0,
+            "eval.sweep.beta=0.1/kl": 3.0,
+            "eval.sweep.start_gold": -0.2,
+        },
+        1: {
+            "eval.sweep.beta=0/gold_reward": -2.0,
+            "eval.sweep.beta=0/proxy_reward": 1.7,
+            "eval.sweep.beta=0/kl": 40.0,
+            "eval.sweep.beta=0.1/gold_reward": 0.6,
+            "eval.sweep.beta=0.1/proxy_reward": 1.2,
+            "eval.sweep.beta=0.1/kl": 5.0,
+            "eval.sweep.start_gold": -0.3,
+        },
+    }
+    study = {"seeds": [0, 1], "metrics": seed_study.summarise(runs)}
+    rows = seed_study.sweep_over_seeds(study)
+    assert [r["beta"] for r in rows] == [0.0, 0.1]
+    assert rows[0]["gold_reward"]["mean"] == pytest.approx(-1.5)
+    assert rows[0]["kl"]["sd"] == pytest.approx(math.sqrt(50.0))  # (30, 40): deviations ±5, n - 1 = 1
+    assert rows[1]["proxy_reward"]["mean"] == pytest.approx(1.1)
+    fig = seed_study.plot_sweep_over_seeds(study)
+    [ax] = fig.axes
+    assert len(ax.containers) == 2  # proxy and gold, each with error bars
+    with pytest.raises(ValueError, match="no eval.sweep.beta"):
+        seed_study.plot_sweep_over_seeds({"seeds": [0, 1], "metrics": seed_study.summarise({0: {}, 1: {}})})

@@ -188,7 +188,11 @@ def test_eval_stage_tiny(tiny_profile, tiny_results):
     assert metrics["eval.sweep.lowest_beta"] == 0.0
     assert (tiny_results / "samples.md").is_file()
     assert (tiny_results / "figures" / "11_overoptimisation.png").is_file()
-    assert len(load_sweep(tiny_profile)) == len(tiny_profile.evaluation.sweep.betas)
+    records = load_sweep(tiny_profile)
+    assert len(records) == len(tiny_profile.evaluation.sweep.betas)
+    for record in records:  # every run's end point, beta by beta, for the seed study to average
+        assert metrics[f"eval.sweep.beta={record['beta']:g}/gold_reward"] == record["gold_reward"]
+        assert metrics[f"eval.sweep.beta={record['beta']:g}/kl"] == record["kl"]
     assert eval_metrics(tiny_profile) == metrics  # cached: the second call recomputes nothing
 
 

@@ -424,6 +424,16 @@ def sweep_summary(records: Sequence[dict]) -> dict[str, float]:
     }
 
 
+def sweep_finals(records: Sequence[dict]) -> dict[str, float]:
+    """Each run's end point, flat: ``beta=0.03/gold_reward``, ``beta=0.03/proxy_reward``, ``beta=0.03/kl`` for
+    every beta of the sweep (metrics that several seeds can average, beta by beta)."""
+    return {
+        f"beta={record['beta']:g}/{key}": float(record[key])
+        for record in records
+        for key in ("gold_reward", "proxy_reward", "kl")
+    }
+
+
 # ---------------------------------------------------------------------------------------------------------
 # What a practitioner watches during a run
 # ---------------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -168,6 +169,65 @@ def markdown(study: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+SWEEP_KEY = re.compile(r"eval\.sweep\.beta=([0-9.e+-]+)/(gold_reward|proxy_reward|kl)$")
+
+
+def sweep_over_seeds(study: dict) -> list[dict]:
+    """The KL sweep's end points beta by beta, averaged over the study's seeds: for each beta, the mean and sd
+    of the final gold reward, proxy reward and KL (from the ``eval.sweep.beta=B/...`` metrics)."""
+    by_beta: dict[float, dict] = {}
+    for key, row in study["metrics"].items():
+        match = SWEEP_KEY.match(key)
+        if match:
+            by_beta.setdefault(float(match.group(1)), {"beta": float(match.group(1))})[match.group(2)] = row
+    return [by_beta[beta] for beta in sorted(by_beta) if len(by_beta[beta]) == 4]
+
+
+def plot_sweep_over_seeds(study: dict):
+    """Gold and proxy reward at the end of each sweep run against its KL, mean ± sd over seeds (error bars in
+    both directions), one point per beta: the over-optimisation picture with its spread."""
+    import matplotlib.pyplot as plt
+
+    rows = sweep_over_seeds(study)
+    if not rows:
+        raise ValueError("the study has no eval.sweep.beta=B/... metrics (rerun the pipeline's eval stage)")
+    fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
+    kl = [r["kl"]["mean"] for r in rows]
+    kl_sd = [r["kl"]["sd"] for r in rows]
+    for key, label, colour in (
+        ("proxy_reward", "proxy (reward model)", "C0"),
+        ("gold_reward", "gold (the truth)", "C1"),
+    ):
+        ax.errorbar(
+            kl,
+            [r[key]["mean"] for r in rows],
+            xerr=kl_sd,
+            yerr=[r[key]["sd"] for r in rows],
+            fmt="o-",
+            color=colour,
+            capsize=3,
+            label=label,
+        )
+    for r in rows:
+        ax.annotate(
+            f"β={r['beta']:g}",
+            (r["kl"]["mean"], r["gold_reward"]["mean"]),
+            textcoords="offset points",
+            xytext=(4, -12),
+            fontsize=8,
+        )
+    start = study["metrics"].get("eval.sweep.start_gold")
+    if start:
+        ax.axhline(start["mean"], color="grey", lw=1, ls=":", label="SFT policy's gold")
+    ax.set(
+        xlabel="KL to the SFT policy at the end of the run (nats)",
+        ylabel="reward at the end of the run",
+        title=f"KL sweep, mean ± sd over seeds {', '.join(map(str, study['seeds']))}",
+    )
+    ax.legend(fontsize=8)
+    return fig
+
+
 def thread_comparison(
     seed: int,
     study_run: Mapping[str, float],
@@ -241,6 +301,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         study["threads"] = thread_comparison(seed, study_run, other_run, study["metrics"], threads, other)
     atomic_write_json(results_dir() / "seed_study.json", study)
     atomic_write_text(results_dir() / "seed_study.md", markdown(study))
+    if sweep_over_seeds(study):
+        from utils.plotting import save_figure, use_headless_backend_if_needed
+
+        use_headless_backend_if_needed()
+        save_figure(plot_sweep_over_seeds(study), "seed_study_sweep", folder=results_dir() / "figures")
     print(markdown(study))
     failed = [row["target"] for row in study["targets"] if not row["met_on_every_seed"]]
     if failed:

@@ -26,6 +26,7 @@ from utils.evaluation import (
     plot_overoptimisation,
     samples_table,
     sampling_config,
+    sweep_finals,
     sweep_run_config,
     sweep_summary,
     sweep_table,
@@ -199,6 +200,7 @@ def eval_metrics(profile: Profile) -> dict:
     for policy in ("sft", "ppo"):
         metrics.update({f"eval.{policy}.{k}": meta[f"{policy}.{k}"] for k in METRICS})
     metrics.update({f"eval.sweep.{k}": v for k, v in summary.items()})
+    metrics.update({f"eval.sweep.{k}": v for k, v in sweep_finals(records).items()})
     return metrics
 
 
