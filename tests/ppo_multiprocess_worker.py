@@ -15,6 +15,7 @@ import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
 
 from utils.distributed import Processes, init_distributed
+from utils.language_model import gpt2_config
 from utils.ppo import PPOConfig, PPOTrainer, reward_model_fn
 
 VOCAB, EOS, PAD = 32, 0, 1
@@ -51,29 +52,16 @@ CONFIGS = {
 }
 
 
-def gpt2_config() -> GPT2Config:
-    return GPT2Config(
-        vocab_size=VOCAB,
-        n_positions=32,
-        n_embd=16,
-        n_layer=2,
-        n_head=2,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=EOS,
-        eos_token_id=EOS,
-        pad_token_id=PAD,
-        num_labels=1,
-    )
+def tiny_config() -> GPT2Config:
+    return gpt2_config(VOCAB, 32, 16, 2, 2, bos_token_id=EOS, eos_token_id=EOS, pad_token_id=PAD, num_labels=1)
 
 
 def run(name: str) -> dict:
     """Train configuration ``name`` in this process (alone or as one of several); return state and log."""
     config = CONFIGS[name]
     torch.manual_seed(0)
-    policy = GPT2LMHeadModel(gpt2_config())
-    reward_model = GPT2ForSequenceClassification(gpt2_config()).requires_grad_(False)
+    policy = GPT2LMHeadModel(tiny_config())
+    reward_model = GPT2ForSequenceClassification(tiny_config()).requires_grad_(False)
     value_model = copy.deepcopy(reward_model).requires_grad_(True) if config.value_model == "model" else None
     generator = torch.Generator().manual_seed(0)
     prompts = [

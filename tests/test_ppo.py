@@ -17,6 +17,7 @@ from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadMo
 from utils.decoding import left_pad
 from utils.distributed import Processes, global_masked_whiten
 from utils.evaluation import response_logprobs
+from utils.language_model import gpt2_config
 from utils.ppo import (
     TRAIN_STATS,
     PolicyAndValue,
@@ -35,15 +36,12 @@ TARGET = 7  # the token the toy reward asks for
 
 
 def tiny_config() -> GPT2Config:
-    return GPT2Config(
-        vocab_size=VOCAB,
-        n_positions=48,
-        n_embd=16,
-        n_layer=2,
-        n_head=2,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
+    return gpt2_config(
+        VOCAB,
+        48,
+        16,
+        2,
+        2,
         bos_token_id=EOS,
         eos_token_id=EOS,
         pad_token_id=PAD,

@@ -92,17 +92,16 @@ class BenchConfig:
 
 def build_models(config: BenchConfig):
     """(policy, reference, reward model, value model or None) with random weights of the configured shape."""
-    from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
+    from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel
 
-    gpt2 = GPT2Config(
-        vocab_size=config.vocab_size,
-        n_positions=max(256, config.prompt_length + config.response_length),
-        n_embd=config.n_embd,
-        n_layer=config.n_layer,
-        n_head=config.n_head,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
+    from utils.language_model import gpt2_config
+
+    gpt2 = gpt2_config(
+        config.vocab_size,
+        max(256, config.prompt_length + config.response_length),
+        config.n_embd,
+        config.n_layer,
+        config.n_head,
         bos_token_id=0,
         eos_token_id=0,
         pad_token_id=1,

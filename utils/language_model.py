@@ -85,21 +85,50 @@ class LMTrainConfig:
         check_numbers(self, "betas", length=2, ge=0, lt=1)
 
 
+def gpt2_config(
+    vocab_size: int,
+    n_positions: int,
+    n_embd: int,
+    n_layer: int,
+    n_head: int,
+    bos_token_id: int,
+    eos_token_id: int,
+    pad_token_id: int,
+    dropout: float = 0.0,
+    **extra,
+) -> GPT2Config:
+    """transformers' ``GPT2Config`` of the given shape, one dropout for all three places (0: deterministic
+    logits, as every course model and test model uses), and the special-token ids; ``extra`` passes on (e.g.
+    ``num_labels=1`` for a reward or value model)."""
+    return GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=n_positions,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
+        bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        **extra,
+    )
+
+
 def build_model(config: LMConfig, tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> GPT2LMHeadModel:
     """A freshly initialised GPT-2 whose special-token ids match ``tokenizer``."""
     set_seed(seed)
-    hf_config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=config.n_positions,
-        n_embd=config.n_embd,
-        n_layer=config.n_layer,
-        n_head=config.n_head,
-        resid_pdrop=config.dropout,
-        embd_pdrop=config.dropout,
-        attn_pdrop=config.dropout,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+    hf_config = gpt2_config(
+        len(tokenizer),
+        config.n_positions,
+        config.n_embd,
+        config.n_layer,
+        config.n_head,
+        tokenizer.bos_token_id,
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+        dropout=config.dropout,
     )
     model = GPT2LMHeadModel(hf_config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -60,22 +60,11 @@ class ThreadBenchConfig:
 
 
 def _gpt2(vocab_size: int, classifier: bool = False):
-    from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
+    from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel
 
-    config = GPT2Config(
-        vocab_size=vocab_size,
-        n_positions=256,
-        n_embd=128,
-        n_layer=4,
-        n_head=4,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=0,
-        eos_token_id=0,
-        pad_token_id=1,
-        num_labels=1,
-    )
+    from utils.language_model import gpt2_config
+
+    config = gpt2_config(vocab_size, 256, 128, 4, 4, bos_token_id=0, eos_token_id=0, pad_token_id=1, num_labels=1)
     return GPT2ForSequenceClassification(config) if classifier else GPT2LMHeadModel(config)
 
 

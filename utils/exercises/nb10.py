@@ -13,9 +13,10 @@ import dataclasses
 import math
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2LMHeadModel
 
 from utils.exercises import NotYet, _NotDone, exercise
+from utils.language_model import gpt2_config
 from utils.ppo import PolicyAndValue, PPOConfig, PPOTrainer, Rollout, penalise_missing_eos, per_token_rewards
 from utils.ppo_losses import AdaptiveKLController, clipped_policy_loss, kl_k1, kl_k2, kl_k3
 
@@ -155,19 +156,7 @@ EOS, PAD, VOCAB, TARGET = 0, 1, 16, 7  # EOS doubles as BOS, as in the course to
 def tiny_policy(seed: int) -> GPT2LMHeadModel:
     """A 2-layer GPT-2 of width 16 over 16 tokens (tests/test_ppo.py's tiny model), without touching the
     global random state."""
-    config = GPT2Config(
-        vocab_size=VOCAB,
-        n_positions=32,
-        n_embd=16,
-        n_layer=2,
-        n_head=2,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=EOS,
-        eos_token_id=EOS,
-        pad_token_id=PAD,
-    )
+    config = gpt2_config(VOCAB, 32, 16, 2, 2, bos_token_id=EOS, eos_token_id=EOS, pad_token_id=PAD)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return GPT2LMHeadModel(config).eval()
