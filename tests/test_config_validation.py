@@ -30,7 +30,9 @@ from utils.bench import BenchConfig
 from utils.cartpole import PPOConfig as CartPolePPOConfig
 from utils.cartpole import REINFORCEConfig
 from utils.decoding import SamplingConfig
+from utils.dpo import DPOConfig
 from utils.evaluation import EvalConfig, HealthThresholds, SweepConfig
+from utils.group_advantages import GroupAdvantageConfig
 from utils.language_model import LMConfig, LMTrainConfig
 from utils.ppo import PPOConfig
 from utils.profiles import DataConfig, Profile
@@ -40,6 +42,7 @@ from utils.sft import SFTConfig
 from utils.thread_bench import ThreadBenchConfig
 from utils.tokenizer import TokenizerConfig
 from utils.transformer import BlockConfig, EncoderDecoderConfig, EncoderOnlyConfig, GPTConfig
+from utils.verifiable_reward import VerifiableRewardConfig
 
 UTILS = Path(__file__).resolve().parents[1] / "utils"
 
@@ -67,6 +70,9 @@ CONFIGS = (
     EncoderDecoderConfig,
     EncoderOnlyConfig,
     GPTConfig,
+    DPOConfig,
+    GroupAdvantageConfig,
+    VerifiableRewardConfig,
 )
 REQUIRED = {Profile: {"name": "test"}}  # fields without a default
 
