@@ -2,11 +2,10 @@
 
 import math
 
-import pytest
 import torch
+from exercise_cases import exercise_tests
 
 from utils.attention import causal_mask, scaled_dot_product_attention
-from utils.exercises import check
 
 
 def equivariance_gap(layer, x, permutation):
@@ -92,25 +91,7 @@ WRONG = [
 ]
 
 
-@pytest.mark.parametrize("exercise_id", sorted(RIGHT))
-def test_right_answer_passes(exercise_id, capsys):
-    assert check(exercise_id, RIGHT[exercise_id])
-    assert capsys.readouterr().out.strip() == f"Exercise {exercise_id}: passed"
-
-
-@pytest.mark.parametrize(("exercise_id", "answer", "hint"), WRONG)
-def test_wrong_answer_fails_with_a_hint(exercise_id, answer, hint, capsys):
-    assert not check(exercise_id, answer)
-    out = capsys.readouterr().out
-    assert out.startswith(f"Exercise {exercise_id}: not yet.") and hint in out
-
-
-@pytest.mark.parametrize("exercise_id", sorted(RIGHT))
-def test_stub_is_not_done(exercise_id, capsys):
-    def stub(*args): ...  # your code here
-
-    assert not check(exercise_id, stub if callable(RIGHT[exercise_id]) else None)
-    assert "not done yet" in capsys.readouterr().out
+test_right_answer_passes, test_wrong_answer_fails_with_a_hint, test_stub_is_not_done = exercise_tests(RIGHT, WRONG)
 
 
 def test_entropy_answer_matches_the_closed_form_at_c_0():

@@ -1,9 +1,8 @@
 """The checks of notebook 09's exercises: a right answer passes, a plausible wrong one is told why."""
 
-import pytest
 import torch
+from exercise_cases import exercise_tests
 
-from utils.exercises import check
 from utils.ppo_losses import kl_k1
 
 
@@ -98,22 +97,4 @@ WRONG = [
 ]
 
 
-@pytest.mark.parametrize("exercise_id", sorted(RIGHT))
-def test_right_answer_passes(exercise_id, capsys):
-    assert check(exercise_id, RIGHT[exercise_id])
-    assert capsys.readouterr().out.strip() == f"Exercise {exercise_id}: passed"
-
-
-@pytest.mark.parametrize(("exercise_id", "answer", "hint"), WRONG)
-def test_wrong_answer_fails_with_a_hint(exercise_id, answer, hint, capsys):
-    assert not check(exercise_id, answer)
-    out = capsys.readouterr().out
-    assert out.startswith(f"Exercise {exercise_id}: not yet.") and hint in out
-
-
-@pytest.mark.parametrize("exercise_id", sorted(RIGHT))
-def test_stub_is_not_done(exercise_id, capsys):
-    def stub(*args): ...  # your code here
-
-    assert not check(exercise_id, stub if callable(RIGHT[exercise_id]) else None)
-    assert "not done yet" in capsys.readouterr().out
+test_right_answer_passes, test_wrong_answer_fails_with_a_hint, test_stub_is_not_done = exercise_tests(RIGHT, WRONG)
