@@ -189,6 +189,47 @@ def test_annotator_agreement_and_bayes_optimal_accuracy():
     assert longer > shorter
 
 
+def test_break_completion_breaks_each_way():
+    import random
+
+    prompt, completion = "the plot was", " good, but the acting was dull. i would not recommend it."
+    assert rw.is_grammatical(prompt + completion)
+    seen = {}
+    rng = random.Random(0)
+    for _ in range(200):
+        broken = rw.break_completion(prompt, completion, rng)
+        assert not rw.is_grammatical(prompt + broken)
+        words, broken_words = rw.split_words(completion), rw.split_words(broken)
+        if len(broken_words) < len(words) and broken_words == words[: len(broken_words)]:
+            seen["cut"] = broken
+        elif len(broken_words) == len(words) - 1:
+            seen["drop"] = broken
+        elif len(broken_words) == len(words) + 1:
+            seen["repeat"] = broken
+        elif sorted(broken_words) == sorted(words):
+            seen["swap"] = broken
+    assert set(seen) == set(rw.BREAKAGES)
+
+
+def test_break_completion_of_nothing_fails_clearly():
+    import random
+
+    with pytest.raises(ValueError, match="no words to break"):
+        rw.break_completion("the plot was", " ", random.Random(0))
+
+
+def test_defective_pairs_hold_one_broken_completion_and_the_annotator_prefers_the_intact_one():
+    rows = rw.defective_pairs(300, seed=11)
+    assert len(rows) == 300 and rows == rw.defective_pairs(300, seed=11)
+    broken_chosen = 0
+    for row in rows:
+        intact = [rw.is_grammatical(row["prompt"] + row[k]) for k in ("chosen", "rejected")]
+        assert sorted(intact) == [False, True]
+        broken_chosen += not intact[0]
+    # gold puts every broken text below every review: only a much longer broken one wins, rarely
+    assert broken_chosen / len(rows) < 0.05
+
+
 def test_bad_configs_are_rejected():
     with pytest.raises(ValueError, match="sentence_count_probs"):
         rw.GrammarConfig(sentence_count_probs=(0.5, 0.6))

@@ -122,6 +122,8 @@ PROFILES: dict[str, Profile] = {
             encoder_n_head=2,
             encoder_steps=30,
             encoder_batch_size=16,
+            defective_pairs=50,
+            defective_heldout_pairs=20,
         ),
         ppo=PPOConfig(total_episodes=64, batch_size=16, num_minibatches=2, ppo_epochs=2, response_length=24),
         evaluation=EvalConfig(

@@ -689,6 +689,60 @@ def preference_pairs(
     return [labeller.label(p, a, b) for p, (a, b) in zip(prompts, completions)]
 
 
+BREAKAGES = ("cut", "drop", "repeat", "swap")
+"""How :func:`break_completion` damages a review: the slips a small language model makes. ``cut`` stops
+mid-review (a sample that ran out of tokens), ``drop`` loses a word ("i, but the music"), ``repeat`` says
+a word twice, ``swap`` exchanges two neighbours ("the and acting")."""
+
+
+def break_completion(prompt: str, completion: str, rng: random.Random) -> str:
+    """``completion`` damaged by one of :data:`BREAKAGES`, so that ``prompt + result`` is ungrammatical.
+
+    Tries the breakages in a random order at random places until the grammar rejects the result (dropping
+    "very" from "very good" is still a review; repeating a word never is); ValueError for an empty completion.
+    """
+    words = split_words(completion)
+    if not words:
+        raise ValueError(f"completion {completion!r} of prompt {prompt!r} has no words to break")
+    for _ in range(50):
+        kind = rng.choice(BREAKAGES)
+        if kind == "cut" and len(words) >= 2:
+            broken = words[: rng.randrange(1, len(words))]
+        elif kind == "drop" and len(words) >= 2:
+            i = rng.randrange(len(words))
+            broken = words[:i] + words[i + 1 :]
+        elif kind == "repeat":
+            i = rng.randrange(len(words))
+            broken = words[: i + 1] + words[i:]
+        elif kind == "swap" and len(words) >= 2:
+            i = rng.randrange(len(words) - 1)
+            broken = words[:i] + [words[i + 1], words[i]] + words[i + 2 :]
+        else:
+            continue
+        text = " " + render(broken)
+        if not is_grammatical(prompt + text):
+            return text
+    raise ValueError(f"could not break completion {completion!r} of prompt {prompt!r} into an ungrammatical one")
+
+
+def defective_pairs(
+    n: int, seed: int, annotator: AnnotatorConfig | None = None, config: GrammarConfig | None = None
+) -> list[dict]:
+    """``n`` labelled pairs like :func:`preference_pairs`, except that one completion is broken (see
+    :func:`break_completion`), as in comparisons between a model's own samples, some of them slips.
+
+    The annotator labels them as any pair: the gold reward puts every ungrammatical text below every review,
+    so they prefer the intact one nearly always (with P >= sigmoid(1 / temperature) before the length bias).
+    A reward model trained only on grammatical pairs never sees a broken review and cannot learn to punish
+    one; PPO's samples include broken ones, so a few of these pairs teach what the policy will produce.
+    """
+    prompts = [r["prompt"] for r in rl_prompts(n, seed, config)]
+    completions = sample_completions(prompts, 2, seed + 1, config=config)
+    rng = random.Random(seed + 3)
+    labeller = SimulatedAnnotator(annotator or AnnotatorConfig(seed=seed + 2))
+    return [labeller.label(p, a, break_completion(p, b, rng)) for p, (a, b) in zip(prompts, completions)]
+
+
 # --------------------------------------------------------------------------------------------
 # Small committed samples (data/)
 # --------------------------------------------------------------------------------------------

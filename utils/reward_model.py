@@ -127,8 +127,14 @@ class RewardModelConfig:
     train_trl: bool = False
     """also train with TRL's RewardTrainer in the stage (doubles its time; notebook 08 and
     tests/test_reward_model.py show step-by-step equal losses on short runs)"""
+    defective_pairs: int = 2_000
+    """extra training pairs in which one completion is a broken review (utils.review_world.defective_pairs),
+    labelled by the same annotators. The preference data hold only grammatical reviews, so without them the
+    RM never sees the slips PPO's samples make and cannot punish them; 0: none"""
+    defective_heldout_pairs: int = 500
+    """held-out broken pairs on which the RM's accuracy is measured (``defective_heldout_accuracy``)"""
     seed: int = 0
-    """head init and batch order"""
+    """head init, batch order and the broken pairs"""
 
     def __post_init__(self) -> None:
         check_choice(self, "init", INITS)
@@ -146,7 +152,7 @@ class RewardModelConfig:
             "encoder_n_head",
         ):
             check_int(self, name, ge=1)
-        for name in ("warmup_steps", "seed"):
+        for name in ("warmup_steps", "seed", "defective_pairs", "defective_heldout_pairs"):
             check_int(self, name, ge=0)
         for name in ("lr", "encoder_lr", "grad_clip"):
             check_number(self, name, gt=0)

@@ -11,12 +11,12 @@ from transformers import GPT2LMHeadModel
 
 from utils import review_world as rw
 from utils.artifacts import get_or_build, read_meta, write_jsonl
-from utils.evaluation import evaluate_policy, sampling_config
 from utils.ppo import PPOConfig, PPOTrainer, reward_model_fn, text_reward_fn
 from utils.ppo_logs import write_log
 from utils.profiles import Profile
 from utils.seed import set_seed
 from utils.stages.data import load_dataset_rows
+from utils.stages.policy_eval import after_metrics, evaluate_against_sft
 from utils.stages.profile import resolve_profile
 from utils.stages.rm import load_reward_model, rm_key
 from utils.stages.sft import load_sft_model, sft_key
@@ -65,18 +65,12 @@ def ppo_dir(profile: Profile | None = None, progress: bool = True) -> Path:
         gold_fn = text_reward_fn(rw.gold_reward, tokenizer)
         value_model = copy.deepcopy(reward_model).requires_grad_(True) if config.value_model == "model" else None
         train_prompts = [r["prompt"] for r in load_dataset_rows("rl_prompts_train", profile)]
-        test_prompts = [r["prompt"] for r in load_dataset_rows("rl_prompts_test", profile)]
 
         # A sample independent of the eval stage's (seed config.seed + 1, not EvalConfig.seed), measured by
-        # the same function: two estimates of every number, so the reader sees the sampling noise.
+        # the same function: two estimates of every number, so the reader sees the sampling noise. Every
+        # policy stage (dpo, rloo, grpo, ...) is measured the same way, so the methods compare.
         evaluate = functools.partial(
-            evaluate_policy,
-            ref_policy=reference,
-            proxy_fn=reward_fn,
-            tokenizer=tokenizer,
-            prompts=test_prompts,
-            seed=config.seed + 1,
-            sampling=sampling_config(profile.evaluation, config, tokenizer),
+            evaluate_against_sft, profile=profile, reference=reference, reward_model=reward_model
         )
         before, before_samples = evaluate(policy)
         set_seed(config.seed)
@@ -104,10 +98,8 @@ def ppo_dir(profile: Profile | None = None, progress: bool = True) -> Path:
         write_jsonl(folder / "samples_before.jsonl", before_samples)
         write_jsonl(folder / "samples_after.jsonl", after_samples)
         meta = {f"{k}_before": v for k, v in before.items()}
-        meta.update({f"{k}_after": v for k, v in after.items()})
+        meta.update(after_metrics(after))
         meta.update(
-            kl_to_ref=after["kl"],
-            kl_to_ref_k3=after["kl_k3"],
             train_seconds=seconds,
             episodes_per_second=config.num_updates * config.batch_size / seconds,
         )

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from transformers import GPT2ForSequenceClassification, PreTrainedTokenizerBase
 
+from utils import review_world as rw
 from utils.artifacts import atomic_write_json, get_or_build, read_meta, write_jsonl
 from utils.profiles import Profile
 from utils.reward_model import (
@@ -43,6 +44,16 @@ def rm_key(profile: Profile) -> dict:
     return {**upstream, "rm": profile.rm}
 
 
+def defective_rows(profile: Profile) -> tuple[list[dict], list[dict]]:
+    """(train, held-out) pairs with one broken completion (``rm.defective_pairs`` and
+    ``rm.defective_heldout_pairs`` of them), from seeds of the RM's own: the datasets use data.seed + 1 ... 11."""
+    config = profile.rm
+    annotator = rw.AnnotatorConfig(seed=config.seed + 103)
+    train = rw.defective_pairs(config.defective_pairs, config.seed + 100, annotator, profile.grammar)
+    held_out = rw.defective_pairs(config.defective_heldout_pairs, config.seed + 200, annotator, profile.grammar)
+    return train, held_out
+
+
 def _initial_lm(profile: Profile):
     return load_sft_model(profile) if profile.rm.init == "sft" else load_base_lm(profile)
 
@@ -53,13 +64,16 @@ def rm_dir(profile: Profile | None = None) -> Path:
     config: RewardModelConfig = profile.rm
 
     def build(folder: Path) -> dict:
-        train_rows = load_dataset_rows("preferences_train", profile)
+        human_rows = load_dataset_rows("preferences_train", profile)
         test_rows = load_dataset_rows("preferences_test", profile)
+        broken_train, broken_test = defective_rows(profile)
+        train_rows = human_rows + broken_train
         lm, tokenizer = _initial_lm(profile)
         pad = tokenizer.pad_token_id
         train, test = encode_pairs(train_rows, tokenizer), encode_pairs(test_rows, tokenizer)
         annotator = annotator_config(profile)
-        reference = [r["prompt"] + r[k] for r in train_rows for k in ("chosen", "rejected")]
+        # Normalised on the preference data's reviews alone: a score of 0 is an average review.
+        reference = [r["prompt"] + r[k] for r in human_rows for k in ("chosen", "rejected")]
         reference = reference[: config.normalisation_texts]
 
         model = build_gpt_reward_model(lm, pad, seed=config.seed)
@@ -69,6 +83,10 @@ def rm_dir(profile: Profile | None = None) -> Path:
             "train_seconds": time.perf_counter() - start,
             "train_accuracy": evaluate_pairs(model, train[:TRAIN_ACCURACY_PAIRS], pad)["accuracy"],
         }
+        if broken_test:
+            meta["defective_heldout_accuracy"] = evaluate_pairs(model, encode_pairs(broken_test, tokenizer), pad)[
+                "accuracy"
+            ]
         meta["norm_mean"], meta["norm_std"] = set_normalisation(model, tokenizer, reference)
         metrics, details = evaluate_reward_model(model, tokenizer, test_rows, annotator, config.calibration_bins)
         meta.update(metrics)
