@@ -100,3 +100,69 @@ def test_wrong_answer_fails(exercise_id, capsys):
 def test_merges_in_reverse_order_fail(capsys):
     assert not check("03.2", lambda text, merges: bpe_encode(text, merges[::-1]))
     assert "not yet" in capsys.readouterr().out
+
+
+def wordpiece_encode(word, vocab):
+    pieces, start = [], 0
+    while start < len(word):
+        for end in range(len(word), start, -1):
+            piece = word[start:end] if start == 0 else "##" + word[start:end]
+            if piece in vocab:
+                pieces.append(piece)
+                start = end
+                break
+        else:
+            return ["[UNK]"]
+    return pieces
+
+
+def wordpiece_shortest_first(word, vocab):  # the shortest piece that fits, not the longest
+    pieces, start = [], 0
+    while start < len(word):
+        for end in range(start + 1, len(word) + 1):
+            piece = word[start:end] if start == 0 else "##" + word[start:end]
+            if piece in vocab:
+                pieces.append(piece)
+                start = end
+                break
+        else:
+            return ["[UNK]"]
+    return pieces
+
+
+def wordpiece_partial_unk(word, vocab):  # keeps the pieces found before the unknown character
+    pieces, start = [], 0
+    while start < len(word):
+        for end in range(len(word), start, -1):
+            piece = word[start:end] if start == 0 else "##" + word[start:end]
+            if piece in vocab:
+                pieces.append(piece)
+                start = end
+                break
+        else:
+            return [*pieces, "[UNK]"]
+    return pieces
+
+
+def wordpiece_no_prefix(word, vocab):  # forgets the ## of continuation pieces
+    pieces, start = [], 0
+    while start < len(word):
+        for end in range(len(word), start, -1):
+            if word[start:end] in vocab:
+                pieces.append(word[start:end])
+                start = end
+                break
+        else:
+            return ["[UNK]"]
+    return pieces
+
+
+@pytest.mark.parametrize("wrong", [wordpiece_shortest_first, wordpiece_partial_unk, wordpiece_no_prefix])
+def test_wrong_wordpiece_fails(wrong, capsys):
+    assert not check("03.5", wrong)
+    assert capsys.readouterr().out.startswith("Exercise 03.5: not yet.")
+
+
+def test_wordpiece_passes(capsys):
+    assert check("03.5", wordpiece_encode)
+    assert capsys.readouterr().out.strip() == "Exercise 03.5: passed"

@@ -93,3 +93,24 @@ def check_ordered_pairs(ordered_pairs) -> None:
                 f"{n_pos} positive and {n_neg} negative random vectors gave {got:.3f}: compare every positive "
                 "with every negative (all pairs), by their projections on the direction"
             )
+
+
+@exercise("03.5")
+def check_wordpiece_encode(wordpiece_encode) -> None:
+    """``wordpiece_encode(word, vocab)``: BERT's greedy longest-match-first cut, ``[UNK]`` for the whole word."""
+    from utils.subword import train_wordpiece
+    from utils.subword import wordpiece_encode as reference
+
+    hand = {"super", "superb", "##bly", "##l", "##y", "s", "##u"}
+    cases = [("superbly", hand), ("sux", hand), ("su", hand)]
+    tokenizer = train_wordpiece(_texts(1000, seed=35), vocab_size=400)
+    vocab = set(tokenizer.get_vocab())
+    for text in [*_texts(30, seed=36), "the acting was superbly Great!", "a naïve cinematographer"]:
+        cases += [(word, vocab) for word, _ in tokenizer.pre_tokenizer.pre_tokenize_str(text)]
+    for word, pieces in cases:
+        got, want = list(wordpiece_encode(word, set(pieces))), reference(word, pieces)
+        if got != want:
+            where = "with a trained vocabulary"
+            if pieces is hand:
+                where = "with the pieces {super, superb, ##bly, ##l, ##y, s, ##u}"
+            raise NotYet(f"{where}, {word!r} gave {got}: take the longest piece that fits at each position")
