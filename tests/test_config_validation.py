@@ -29,6 +29,7 @@ from utils.attention import AttentionConfig
 from utils.bench import BenchConfig
 from utils.cartpole import PPOConfig as CartPolePPOConfig
 from utils.cartpole import REINFORCEConfig
+from utils.constitution import CriticConfig, RLAIFConfig
 from utils.decoding import SamplingConfig
 from utils.dpo import DPOConfig
 from utils.evaluation import EvalConfig, HealthThresholds, SweepConfig
@@ -73,6 +74,8 @@ CONFIGS = (
     DPOConfig,
     GroupAdvantageConfig,
     VerifiableRewardConfig,
+    CriticConfig,
+    RLAIFConfig,
 )
 REQUIRED = {Profile: {"name": "test"}}  # fields without a default
 

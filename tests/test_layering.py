@@ -33,6 +33,7 @@ STAGE_ORDER = (
     "utils.stages.rm",
     "utils.stages.ppo",
     "utils.stages.evaluation",
+    "utils.stages.rlaif",
 )
 STAGES = {"utils.stages", *STAGE_ORDER}
 

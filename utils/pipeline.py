@@ -24,6 +24,7 @@ from utils.stages.data import data_metrics, tokenizer_metrics
 from utils.stages.evaluation import eval_metrics
 from utils.stages.lm import lm_metrics
 from utils.stages.ppo import ppo_metrics
+from utils.stages.rlaif import rlaif_metrics
 from utils.stages.rm import rm_metrics
 from utils.stages.sft import sft_metrics
 
@@ -38,6 +39,7 @@ STAGES: dict[str, Callable[[Profile], dict]] = {
     "rm": rm_metrics,
     "ppo": ppo_metrics,
     "eval": eval_metrics,
+    "rlaif": rlaif_metrics,
 }
 
 

@@ -15,6 +15,8 @@ import typing
 from dataclasses import dataclass, field
 
 from utils.config_checks import check_instance, check_int, check_text
+from utils.constitution import CriticConfig, RLAIFConfig
+from utils.dpo import DPOTrainConfig
 from utils.evaluation import EvalConfig, SweepConfig
 from utils.language_model import LMConfig, LMTrainConfig
 from utils.ppo import PPOConfig
@@ -80,6 +82,8 @@ class Profile:
     """RLHF with PPO (utils.ppo)"""
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     """held-out evaluation and KL sweep (utils.evaluation)"""
+    rlaif: RLAIFConfig = field(default_factory=RLAIFConfig)
+    """AI feedback from a written constitution, and DPO on it (utils.constitution)"""
 
     def __post_init__(self) -> None:
         check_text(self, "name")
@@ -133,6 +137,13 @@ PROFILES: dict[str, Profile] = {
             sweep=SweepConfig(
                 betas=(0.0, 1.0), total_episodes=32, batch_size=16, evaluations=1, eval_prompts=16, samples_kept=2
             ),
+        ),
+        rlaif=RLAIFConfig(
+            critics=CriticConfig(grammar_examples=100, sentiment_examples=100),
+            label_pairs=200,
+            train_pairs=48,
+            train_defective_pairs=16,
+            dpo=DPOTrainConfig(pairs=None, batch_size=16),
         ),
     ),
 }
