@@ -728,19 +728,22 @@ def break_completion(prompt: str, completion: str, rng: random.Random) -> str:
 def defective_pairs(
     n: int, seed: int, annotator: AnnotatorConfig | None = None, config: GrammarConfig | None = None
 ) -> list[dict]:
-    """``n`` labelled pairs like :func:`preference_pairs`, except that one completion is broken (see
-    :func:`break_completion`), as in comparisons between a model's own samples, some of them slips.
+    """``n`` labelled *minimal* pairs: an RL prompt, a generator continuation, and the same continuation
+    broken (see :func:`break_completion`), as in comparisons between a model's own samples, some of them slips.
 
-    The annotator labels them as any pair: the gold reward puts every ungrammatical text below every review,
-    so they prefer the intact one nearly always (with P >= sigmoid(1 / temperature) before the length bias).
-    A reward model trained only on grammatical pairs never sees a broken review and cannot learn to punish
-    one; PPO's samples include broken ones, so a few of these pairs teach what the policy will produce.
+    Both sides are the same review but for the slip, so the only thing that tells them apart is the grammar
+    (two different reviews would differ in sentiment too, which drowns the signal: on the course a reward
+    model trained on such pairs preferred the intact side of held-out ones only 61% of the time). The
+    annotator labels them as any pair: the gold reward puts every ungrammatical text below every review, so
+    they prefer the intact side nearly always (P >= sigmoid(1 / temperature), shifted by the length bias of a
+    word or a cut). A reward model trained only on grammatical pairs never sees a broken review and cannot learn
+    to punish one; PPO's samples include broken ones, so these pairs teach what the policy will produce.
     """
     prompts = [r["prompt"] for r in rl_prompts(n, seed, config)]
-    completions = sample_completions(prompts, 2, seed + 1, config=config)
+    completions = sample_completions(prompts, 1, seed + 1, config=config)
     rng = random.Random(seed + 3)
     labeller = SimulatedAnnotator(annotator or AnnotatorConfig(seed=seed + 2))
-    return [labeller.label(p, a, break_completion(p, b, rng)) for p, (a, b) in zip(prompts, completions)]
+    return [labeller.label(p, c, break_completion(p, c, rng)) for p, (c,) in zip(prompts, completions)]
 
 
 # --------------------------------------------------------------------------------------------

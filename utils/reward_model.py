@@ -127,10 +127,11 @@ class RewardModelConfig:
     train_trl: bool = False
     """also train with TRL's RewardTrainer in the stage (doubles its time; notebook 08 and
     tests/test_reward_model.py show step-by-step equal losses on short runs)"""
-    defective_pairs: int = 2_000
-    """extra training pairs in which one completion is a broken review (utils.review_world.defective_pairs),
-    labelled by the same annotators. The preference data hold only grammatical reviews, so without them the
-    RM never sees the slips PPO's samples make and cannot punish them; 0: none"""
+    defective_pairs: int = 3_000
+    """extra training pairs of a review and the same review broken (a cut, a dropped, repeated or swapped
+    word; utils.review_world.defective_pairs), labelled by the same annotators. The preference data hold only
+    grammatical reviews, so without them the RM never sees the slips PPO's samples make and cannot punish
+    them; 0: none"""
     defective_heldout_pairs: int = 500
     """held-out broken pairs on which the RM's accuracy is measured (``defective_heldout_accuracy``)"""
     seed: int = 0
