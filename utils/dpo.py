@@ -33,14 +33,23 @@ shared by the two completions and the reference, and cancels anyway.
 
 from __future__ import annotations
 
+import tempfile
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.config_checks import check, check_choice, check_int, check_number, is_number
+from utils.config_checks import check, check_choice, check_int, check_number, check_numbers, is_number
 from utils.ppo_losses import logprobs_from_logits
+from utils.trl_helpers import offline_cpu_training_args, quiet_training, silence_trainer
+
+if TYPE_CHECKING:  # heavy imports (TRL, datasets) are loaded only when training
+    from transformers import PreTrainedTokenizerBase
 
 LOSS_TYPES = ("sigmoid", "hinge")  # DPO's Bradley-Terry loss; SLiC's hinge on the same margin
 
@@ -154,3 +163,246 @@ def dpo_loss_from_config(
         label_smoothing=config.label_smoothing,
         loss_type=config.loss_type,
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# Training with TRL's DPOTrainer
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DPOTrainConfig:
+    """A DPO run from the SFT policy with TRL's ``DPOTrainer`` (our config; ``trl.DPOConfig`` is built from it).
+    Validated on construction (ValueError naming the field on bad values)."""
+
+    beta: float = 0.1
+    """KL coefficient of the objective DPO solves (the implicit reward is beta * log pi/pi_ref). Must be > 0"""
+    pairs: int | None = 2_000
+    """preference pairs trained on: the first ``pairs`` rows of the training pairs (None: all of them)"""
+    epochs: float = 1.0
+    """passes over those pairs"""
+    lr: float = 1e-4
+    """peak learning rate (AdamW)"""
+    lr_scheduler: str = "cosine"
+    """transformers scheduler name (``transformers.SchedulerType``): warmup, then decay"""
+    warmup_ratio: float = 0.1
+    """share of the steps spent warming up linearly"""
+    batch_size: int = 32
+    """pairs per optimiser step (each step scores 2 x batch_size sequences under the policy and the reference)"""
+    grad_clip: float = 1.0
+    """max global gradient norm"""
+    max_length: int = 128
+    """longest prompt + completion in tokens; longer ones are cut at the end (ours are < 100: nothing is cut)"""
+    max_completion_tokens: int | None = None
+    """pairs with a completion longer than this many tokens (EOS included) are left out before ``pairs`` are
+    counted (None: none is). Set to the response budget the policy is sampled with, so that DPO does not learn
+    to write reviews it will not be given the tokens to finish"""
+    sft_weight: float = 0.0
+    """weight of the chosen completion's negative log-likelihood added to the DPO loss (RPO, Pang et al. 2024;
+    TRL's ``loss_type=["sigmoid", "sft"]``); 0: plain DPO"""
+    ld_alpha: float | None = None
+    """length desensitisation (LD-DPO, Liu et al. 2024): the log-probs of the tokens past the shorter
+    completion's length count ``ld_alpha`` times, in [0, 1]; None (or 1): plain DPO"""
+    seed: int = 0
+    """TRL's seed: batch order"""
+
+    def __post_init__(self) -> None:
+        from transformers import SchedulerType
+
+        for name in ("beta", "epochs", "lr", "grad_clip"):
+            check_number(self, name, gt=0)
+        check_int(self, "pairs", ge=1, none_ok=True)
+        check_number(self, "warmup_ratio", ge=0, lt=1)
+        check_choice(self, "lr_scheduler", [s.value for s in SchedulerType])
+        for name in ("batch_size", "max_length"):
+            check_int(self, name, ge=1)
+        check_int(self, "max_completion_tokens", ge=1, none_ok=True)
+        check_number(self, "sft_weight", ge=0)
+        check_number(self, "ld_alpha", ge=0, le=1, none_ok=True)
+        check_int(self, "seed", ge=0)
+
+
+@dataclass(frozen=True)
+class DPOSweepConfig:
+    """The beta sweep of notebook 12: short DPO runs from the SFT policy, one per beta, each measured on the
+    first held-out prompts and pairs. Validated on construction (ValueError naming the field on bad values)."""
+
+    betas: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0)
+    """the KL coefficients swept (each > 0, strictly increasing); every other setting is the ``dpo`` stage's"""
+    pairs: int = 500
+    """training pairs per run (fewer than the stage's, so that the sweep fits a notebook's budget)"""
+    eval_prompts: int = 128
+    """held-out prompts each run is measured on (the first ones of the evaluation's)"""
+    heldout_pairs: int = 500
+    """held-out preference pairs on which each run's implicit-reward accuracy is measured"""
+
+    def __post_init__(self) -> None:
+        check_numbers(self, "betas", gt=0)
+        check(self, "betas", list(self.betas) == sorted(set(self.betas)), "strictly increasing")
+        for name in ("pairs", "eval_prompts", "heldout_pairs"):
+            check_int(self, name, ge=1)
+
+
+def completion_tokens(tokenizer: PreTrainedTokenizerBase, completion: str) -> int:
+    """Tokens of ``completion`` with the EOS that ends it (what a policy must sample to write it)."""
+    return len(tokenizer(completion, add_special_tokens=False)["input_ids"]) + 1
+
+
+def preference_rows(
+    rows: Sequence[dict],
+    pairs: int | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    max_completion_tokens: int | None = None,
+) -> list[dict]:
+    """The first ``pairs`` rows (all with None) as TRL's prompt/chosen/rejected rows, other columns dropped;
+    with ``max_completion_tokens``, of the rows whose two completions both fit it (needs ``tokenizer``)."""
+    if not rows or not {"prompt", "chosen", "rejected"} <= set(rows[0]):
+        raise ValueError("preference rows must be a non-empty list of dicts with 'prompt', 'chosen', 'rejected'")
+    if max_completion_tokens is not None:
+        if tokenizer is None:
+            raise ValueError("max_completion_tokens needs the tokenizer that counts the tokens")
+        rows = [
+            r
+            for r in rows
+            if max(completion_tokens(tokenizer, r["chosen"]), completion_tokens(tokenizer, r["rejected"]))
+            <= max_completion_tokens
+        ]
+    kept = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows[:pairs]]
+    if not kept:
+        raise ValueError(f"no preference row has both completions within {max_completion_tokens} tokens")
+    return kept
+
+
+def build_dpo_trainer(
+    policy: nn.Module,
+    reference: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: Sequence[dict],
+    config: DPOTrainConfig,
+    output_dir: str | Path,
+):
+    """TRL's ``DPOTrainer`` for ``policy`` against the frozen ``reference`` on prompt/chosen/rejected ``rows``
+    (the first ``config.pairs`` of them), not yet trained. TRL appends EOS to every completion and scores the
+    completion tokens only (as :func:`sequence_logprobs`); its loss is :func:`dpo_loss` (``tests/test_dpo.py``)."""
+    from datasets import Dataset
+    from trl import DPOConfig as TRLDPOConfig
+    from trl import DPOTrainer
+
+    args = TRLDPOConfig(
+        output_dir=str(output_dir),
+        beta=config.beta,
+        loss_type=["sigmoid", "sft"] if config.sft_weight > 0 else ["sigmoid"],
+        loss_weights=[1.0, config.sft_weight] if config.sft_weight > 0 else None,
+        ld_alpha=config.ld_alpha,
+        num_train_epochs=config.epochs,
+        learning_rate=config.lr,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_ratio,  # a float < 1 is a share of the total steps
+        max_grad_norm=config.grad_clip,
+        max_length=config.max_length,
+        truncation_mode="keep_start",
+        disable_dropout=True,
+        **offline_cpu_training_args(config.batch_size, config.seed),
+    )
+    with quiet_training():
+        return silence_trainer(
+            DPOTrainer(
+                model=policy,
+                ref_model=reference.requires_grad_(False).eval(),
+                args=args,
+                train_dataset=Dataset.from_list(
+                    preference_rows(rows, config.pairs, tokenizer, config.max_completion_tokens)
+                ),
+                processing_class=tokenizer,
+            )
+        )
+
+
+def train_dpo(
+    policy: nn.Module,
+    reference: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: Sequence[dict],
+    config: DPOTrainConfig,
+) -> tuple[nn.Module, dict]:
+    """Train ``policy`` (in place) with DPO on ``rows``; returns it in eval mode and a report (TRL's log,
+    seconds, steps, pairs trained on, pairs per second)."""
+    with tempfile.TemporaryDirectory(prefix="dpo-") as output_dir:
+        trainer = build_dpo_trainer(policy, reference, tokenizer, rows, config, output_dir)
+        pairs = len(trainer.train_dataset)
+        start = time.perf_counter()
+        with quiet_training():
+            trainer.train()
+        seconds = time.perf_counter() - start
+    return trainer.model.eval(), {
+        "train_seconds": seconds,
+        "steps": trainer.state.global_step,
+        "pairs": pairs,
+        "pairs_per_second": pairs * config.epochs / seconds,
+        "log": trainer.state.log_history,
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading a DPO policy: its implicit reward on any pairs
+# ------------------------------------------------------------------------------------------------
+def encode_completions(
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], completions: Sequence[str]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask, completion_mask)`` (B, T), right-padded, of ``prompt + completion + EOS``
+    tokenised as TRL's DPOTrainer does: the completion starts where the tokens of the prompt alone and of the
+    whole text diverge, and EOS ends it."""
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+    rows = []
+    for prompt, completion in zip(prompts, completions):
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        ids = tokenizer(prompt + completion + tokenizer.eos_token)["input_ids"]
+        start = next((i for i, (a, b) in enumerate(zip(prompt_ids, ids)) if a != b), min(len(prompt_ids), len(ids)))
+        rows.append((ids, start))
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    completion_mask = torch.zeros_like(input_ids)
+    for i, (ids, start) in enumerate(rows):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        attention_mask[i, : len(ids)] = 1
+        completion_mask[i, start : len(ids)] = 1
+    return input_ids, attention_mask, completion_mask
+
+
+@torch.no_grad()
+def completion_logprobs(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    batch_size: int = 128,
+) -> torch.Tensor:
+    """log pi(completion + EOS | prompt) (B,) under ``model``, in batches (see :func:`encode_completions`)."""
+    model.eval()
+    out = []
+    for s in range(0, len(prompts), batch_size):
+        batch = encode_completions(tokenizer, prompts[s : s + batch_size], completions[s : s + batch_size])
+        out.append(sequence_logprobs(model, *batch))
+    return torch.cat(out)
+
+
+def implicit_rewards(
+    policy: nn.Module,
+    reference: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: Sequence[dict],
+    beta: float,
+    batch_size: int = 128,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The implicit rewards beta * log pi/pi_ref of the chosen and of the rejected completion of each row:
+    ``(chosen, rejected)``, each (N,). DPO's "reward model": it prefers the chosen one where chosen > rejected."""
+    if not (is_number(beta) and beta > 0):
+        raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
+    prompts = [r["prompt"] for r in rows]
+    rewards = []
+    for key in ("chosen", "rejected"):
+        completions = [r[key] for r in rows]
+        policy_logps = completion_logprobs(policy, tokenizer, prompts, completions, batch_size)
+        ref_logps = completion_logprobs(reference, tokenizer, prompts, completions, batch_size)
+        rewards.append(beta * (policy_logps - ref_logps))
+    return rewards[0], rewards[1]
