@@ -34,7 +34,9 @@ from utils.decoding import SamplingConfig
 from utils.dpo import DPOConfig
 from utils.evaluation import EvalConfig, HealthThresholds, SweepConfig
 from utils.group_advantages import GroupAdvantageConfig
+from utils.group_rl import GroupRLConfig
 from utils.language_model import LMConfig, LMTrainConfig
+from utils.method_comparison import MethodsConfig
 from utils.ppo import PPOConfig
 from utils.profiles import DataConfig, Profile
 from utils.review_world import AnnotatorConfig, GrammarConfig
@@ -74,6 +76,8 @@ CONFIGS = (
     DPOConfig,
     GroupAdvantageConfig,
     VerifiableRewardConfig,
+    GroupRLConfig,
+    MethodsConfig,
     CriticConfig,
     RLAIFConfig,
 )
@@ -198,6 +202,9 @@ BAD = [
     (BenchConfig, "vocab_size", 2),
     (BenchConfig, "value_model", "critic"),
     (BenchConfig, "n_embd", 30),
+    (GroupRLConfig, "group_size", 1),  # a group baseline needs another completion
+    (GroupRLConfig, "batch_size", 60),  # not whole groups per minibatch
+    (MethodsConfig, "best_of_n", (4, 2)),
 ]
 
 

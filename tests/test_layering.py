@@ -31,9 +31,12 @@ STAGE_ORDER = (
     "utils.stages.lm",
     "utils.stages.sft",
     "utils.stages.rm",
+    "utils.stages.policy_eval",  # the measurement every policy stage (ppo, dpo, rloo, ...) shares
     "utils.stages.ppo",
     "utils.stages.evaluation",
+    "utils.stages.group_rl",
     "utils.stages.rlaif",
+    "utils.stages.methods",  # reads every method stage: last
 )
 STAGES = {"utils.stages", *STAGE_ORDER}
 

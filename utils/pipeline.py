@@ -22,7 +22,9 @@ from utils.profiles import Profile, get_profile
 from utils.seed import configure_threads, run_seed
 from utils.stages.data import data_metrics, tokenizer_metrics
 from utils.stages.evaluation import eval_metrics
+from utils.stages.group_rl import grpo_metrics, grpo_verifiable_metrics, rloo_metrics
 from utils.stages.lm import lm_metrics
+from utils.stages.methods import methods_metrics
 from utils.stages.ppo import ppo_metrics
 from utils.stages.rlaif import rlaif_metrics
 from utils.stages.rm import rm_metrics
@@ -39,6 +41,10 @@ STAGES: dict[str, Callable[[Profile], dict]] = {
     "rm": rm_metrics,
     "ppo": ppo_metrics,
     "eval": eval_metrics,
+    "rloo": rloo_metrics,
+    "grpo": grpo_metrics,
+    "grpo_verifiable": grpo_verifiable_metrics,
+    "methods": methods_metrics,  # after every method stage it compares
     "rlaif": rlaif_metrics,
 }
 

@@ -18,7 +18,9 @@ from utils.config_checks import check_instance, check_int, check_text
 from utils.constitution import CriticConfig, RLAIFConfig
 from utils.dpo import DPOTrainConfig
 from utils.evaluation import EvalConfig, SweepConfig
+from utils.group_rl import GroupRLConfig
 from utils.language_model import LMConfig, LMTrainConfig
+from utils.method_comparison import MethodsConfig
 from utils.ppo import PPOConfig
 from utils.review_world import GrammarConfig
 from utils.reward_model import RewardModelConfig
@@ -80,6 +82,14 @@ class Profile:
     """reward model (utils.reward_model)"""
     ppo: PPOConfig = field(default_factory=PPOConfig)
     """RLHF with PPO (utils.ppo)"""
+    rloo: GroupRLConfig = field(default_factory=GroupRLConfig)
+    """RLHF with TRL's RLOO against the reward model (utils.group_rl)"""
+    grpo: GroupRLConfig = field(default_factory=GroupRLConfig)
+    """RLHF with TRL's GRPO against the reward model (utils.group_rl)"""
+    grpo_verifiable: GroupRLConfig = field(default_factory=GroupRLConfig)
+    """TRL's GRPO against the rule-based verifiable reward (utils.group_rl, utils.verifiable_reward)"""
+    methods: MethodsConfig = field(default_factory=MethodsConfig)
+    """the comparison of every alignment method, with the best-of-n baseline (utils.method_comparison)"""
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     """held-out evaluation and KL sweep (utils.evaluation)"""
     rlaif: RLAIFConfig = field(default_factory=RLAIFConfig)
@@ -92,6 +102,9 @@ class Profile:
             if dataclasses.is_dataclass(annotation):  # a stage's config: its own __post_init__ checked its fields
                 check_instance(self, name, annotation)
 
+
+# The tiny profile's RLOO / GRPO runs: two generation batches of 16 completions (4 prompts x 4).
+TINY_GROUP_RL = GroupRLConfig(total_completions=32, batch_size=16, num_minibatches=2, response_length=24)
 
 PROFILES: dict[str, Profile] = {
     "course": Profile(name="course"),
@@ -130,6 +143,10 @@ PROFILES: dict[str, Profile] = {
             defective_heldout_pairs=20,
         ),
         ppo=PPOConfig(total_episodes=64, batch_size=16, num_minibatches=2, ppo_epochs=2, response_length=24),
+        rloo=TINY_GROUP_RL,
+        grpo=TINY_GROUP_RL,
+        grpo_verifiable=TINY_GROUP_RL,
+        methods=MethodsConfig(best_of_n=(1, 2)),
         evaluation=EvalConfig(
             num_prompts=16,
             batch_size=16,
