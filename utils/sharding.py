@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,6 +125,8 @@ def _one_step(strategy: str, rank: int) -> tuple[ProcessMemory, float, dict[str,
 
 
 def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    # FSDP2 warns that a block's output is a view (an in-place op on it would bypass its hooks); we do none.
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module")
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
