@@ -34,8 +34,10 @@ from utils.decoding import SamplingConfig
 from utils.dpo import DPOConfig
 from utils.evaluation import EvalConfig, HealthThresholds, SweepConfig
 from utils.group_advantages import GroupAdvantageConfig
+from utils.knowledge_world import KnowledgeWorldConfig
 from utils.group_rl import GroupRLConfig
 from utils.language_model import LMConfig, LMTrainConfig
+from utils.limits import LimitsConfig
 from utils.method_comparison import MethodsConfig
 from utils.ppo import PPOConfig
 from utils.profiles import DataConfig, Profile
@@ -46,6 +48,7 @@ from utils.thread_bench import ThreadBenchConfig
 from utils.tokenizer import TokenizerConfig
 from utils.transformer import BlockConfig, EncoderDecoderConfig, EncoderOnlyConfig, GPTConfig
 from utils.verifiable_reward import VerifiableRewardConfig
+from utils.word_lm import WordLMConfig
 
 UTILS = Path(__file__).resolve().parents[1] / "utils"
 
@@ -76,6 +79,9 @@ CONFIGS = (
     DPOConfig,
     GroupAdvantageConfig,
     VerifiableRewardConfig,
+    KnowledgeWorldConfig,
+    LimitsConfig,
+    WordLMConfig,
     GroupRLConfig,
     MethodsConfig,
     CriticConfig,
@@ -202,6 +208,14 @@ BAD = [
     (BenchConfig, "vocab_size", 2),
     (BenchConfig, "value_model", "critic"),
     (BenchConfig, "n_embd", 30),
+    (KnowledgeWorldConfig, "cutoff_year", 2024),
+    (KnowledgeWorldConfig, "films_after_cutoff", 0),
+    (KnowledgeWorldConfig, "films_after_cutoff", 400),
+    (LimitsConfig, "mismatch_rate", 1.0),
+    (LimitsConfig, "reference_year", 2024),
+    (LimitsConfig, "max_puzzle_steps", 0),
+    (WordLMConfig, "n_embd", 30),
+    (WordLMConfig, "lr", 0.0),
     (GroupRLConfig, "group_size", 1),  # a group baseline needs another completion
     (GroupRLConfig, "batch_size", 60),  # not whole groups per minibatch
     (MethodsConfig, "best_of_n", (4, 2)),

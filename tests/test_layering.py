@@ -36,6 +36,7 @@ STAGE_ORDER = (
     "utils.stages.evaluation",
     "utils.stages.group_rl",
     "utils.stages.rlaif",
+    "utils.stages.limits",
     "utils.stages.methods",  # reads every method stage: last
 )
 STAGES = {"utils.stages", *STAGE_ORDER}

@@ -23,6 +23,7 @@ from utils.seed import configure_threads, run_seed
 from utils.stages.data import data_metrics, tokenizer_metrics
 from utils.stages.evaluation import eval_metrics
 from utils.stages.group_rl import grpo_metrics, grpo_verifiable_metrics, rloo_metrics
+from utils.stages.limits import limits_metrics
 from utils.stages.lm import lm_metrics
 from utils.stages.methods import methods_metrics
 from utils.stages.ppo import ppo_metrics
@@ -46,6 +47,7 @@ STAGES: dict[str, Callable[[Profile], dict]] = {
     "grpo_verifiable": grpo_verifiable_metrics,
     "methods": methods_metrics,  # after every method stage it compares
     "rlaif": rlaif_metrics,
+    "limits": limits_metrics,
 }
 
 

@@ -19,7 +19,9 @@ from utils.constitution import CriticConfig, RLAIFConfig
 from utils.dpo import DPOTrainConfig
 from utils.evaluation import EvalConfig, SweepConfig
 from utils.group_rl import GroupRLConfig
+from utils.knowledge_world import KnowledgeWorldConfig
 from utils.language_model import LMConfig, LMTrainConfig
+from utils.limits import LimitsConfig
 from utils.method_comparison import MethodsConfig
 from utils.ppo import PPOConfig
 from utils.review_world import GrammarConfig
@@ -27,6 +29,7 @@ from utils.reward_model import RewardModelConfig
 from utils.seed import run_seed
 from utils.sft import SFTConfig
 from utils.tokenizer import TokenizerConfig
+from utils.word_lm import WordLMConfig
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,8 @@ class Profile:
     """the comparison of every alignment method, with the best-of-n baseline (utils.method_comparison)"""
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     """held-out evaluation and KL sweep (utils.evaluation)"""
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    """what alignment does not fix: knowledge world, RAG, chain-of-thought, PAL, ReAct (utils.limits)"""
     rlaif: RLAIFConfig = field(default_factory=RLAIFConfig)
     """AI feedback from a written constitution, and DPO on it (utils.constitution)"""
 
@@ -154,6 +159,15 @@ PROFILES: dict[str, Profile] = {
             sweep=SweepConfig(
                 betas=(0.0, 1.0), total_episodes=32, batch_size=16, evaluations=1, eval_prompts=16, samples_kept=2
             ),
+        ),
+        limits=LimitsConfig(
+            world=KnowledgeWorldConfig(films_before_cutoff=12, films_after_cutoff=4),
+            closed_book=WordLMConfig(n_layer=1, n_head=2, n_embd=16, n_positions=64, steps=10, batch_size=8),
+            reader=WordLMConfig(n_layer=1, n_head=2, n_embd=16, n_positions=64, steps=10, batch_size=8),
+            puzzle=WordLMConfig(n_layer=1, n_head=2, n_embd=16, n_positions=64, steps=10, batch_size=8),
+            react=WordLMConfig(n_layer=1, n_head=2, n_embd=16, n_positions=64, steps=10, batch_size=8),
+            max_puzzle_steps=2,
+            puzzles_per_length=4,
         ),
         rlaif=RLAIFConfig(
             critics=CriticConfig(grammar_examples=100, sentiment_examples=100),
