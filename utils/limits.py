@@ -54,8 +54,9 @@ class LimitsConfig:
     """which films exist, and the knowledge cut-off"""
     closed_book: WordLMConfig = field(default_factory=lambda: WordLMConfig(steps=1000, batch_size=64))
     """the closed-book model (memorises the facts of films up to the cut-off)"""
-    reader: WordLMConfig = field(default_factory=WordLMConfig)
-    """the RAG reader (learns to read a fact card)"""
+    reader: WordLMConfig = field(default_factory=lambda: WordLMConfig(lr=1e-2))
+    """the RAG reader (learns to read a fact card); at lr 3e-3 and mismatch_rate 0.25 it had not learnt to copy
+    after 800 steps (one run: RAG accuracy 0.075, 91% 'unknown'), at lr 1e-2 and 0.1 it had (0.79)"""
     puzzle: WordLMConfig = field(default_factory=WordLMConfig)
     """each of the three score-puzzle models: direct, scratchpad, program"""
     react: WordLMConfig = field(default_factory=lambda: WordLMConfig(steps=400))
@@ -64,7 +65,7 @@ class LimitsConfig:
     """puzzles have 1..max_puzzle_steps operations (uniform in training; each length tested alike)"""
     puzzles_per_length: int = 100
     """test puzzles per number of operations"""
-    mismatch_rate: float = 0.25
+    mismatch_rate: float = 0.1
     """share of the reader's training cards that are about another film (answer: unknown)"""
     reference_year: int = 2025
     """the age questions ask 'how many years before <reference_year> was <film> released ?'"""
