@@ -46,7 +46,8 @@ def test_stage_builds_measures_and_loads(tiny_profile, stage):
     assert len(samples) == tiny_profile.data.rl_prompt_test_size  # every held-out prompt, as PPO's
     assert meta["gold_reward_after"] == pytest.approx(sum(s["gold_reward"] for s in samples) / len(samples))
     log = json.loads((folder / "train_log.json").read_text())
-    assert sum("reward" in e for e in log) == config.optimizer_steps  # one entry per optimiser step
+    assert sum("loss" in e for e in log) == config.optimizer_steps  # one entry per optimiser step
+    assert sum("reward" in e for e in log) == config.generation_batches  # the reward: once per generation batch
     assert any("rewards/reward_model/mean" in e or "rewards/verifiable/mean" in e for e in log)
     metrics = group_rl_metrics(stage, tiny_profile)
     assert set(metrics) == {f"{stage}.{k}" for k in METRIC_KEYS}
@@ -58,3 +59,30 @@ def test_stage_builds_measures_and_loads(tiny_profile, stage):
     assert moved > 0  # trained: the weights left the SFT policy's
     assert tokenizer.eos_token_id is not None and tokenizer.eos_token_id != tokenizer.pad_token_id
     assert torch.isfinite(torch.tensor(meta["kl_to_ref"]))
+
+
+def test_methods_stage_writes_the_table_and_the_figure(tiny_profile, tiny_results):
+    """The ``methods`` stage on the tiny profile: one table row per method (SFT, PPO, [DPO,] RLOO, GRPO, GRPO
+    verifiable, best-of-n), each number read from its stage's metadata, and the figure."""
+    from utils.method_comparison import best_of_n_kl
+    from utils.stages.methods import best_of_n_dir, methods_metrics
+    from utils.stages.ppo import ppo_dir
+
+    metrics = methods_metrics(tiny_profile)
+    table = (tiny_results / "methods.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| method")]
+    assert len(rows) == metrics["methods.compared"] >= 6
+    names = [row.split("|")[1].strip() for row in rows]
+    assert names[:2] == ["SFT (start)", "PPO"] and names[-1].startswith("best-of-2")
+    assert {"RLOO (RM)", "GRPO (RM)", "GRPO (verifiable reward)"} <= set(names)
+    ppo = read_meta(ppo_dir(tiny_profile))
+    assert rows[1].split("|")[2].strip() == f"{ppo['gold_reward_after']:.3f}"
+    grpo = read_meta(group_rl_dir("grpo", tiny_profile))
+    assert rows[names.index("GRPO (RM)")].split("|")[5].strip() == f"{grpo['kl_to_ref']:.2f}"
+    assert metrics["methods.best_of_n.kl"] == pytest.approx(best_of_n_kl(2))
+    bon = read_meta(best_of_n_dir(tiny_profile))
+    draws = json.loads((best_of_n_dir(tiny_profile) / "draws.json").read_text())
+    assert len(draws) == 2 and len(draws[0]) == tiny_profile.data.rl_prompt_test_size
+    chosen = [max(a, b, key=lambda s: s["proxy_reward"]) for a, b in zip(*draws)]
+    assert bon["best_of_2.gold_reward"] == pytest.approx(sum(s["gold_reward"] for s in chosen) / len(chosen))
+    assert (tiny_results / "figures" / "methods_frontier.png").stat().st_size > 10_000

@@ -36,8 +36,6 @@ from utils.stages.profile import resolve_profile
 from utils.stages.rm import load_reward_model, rm_key
 from utils.stages.sft import load_sft_model, sft_key
 
-SAMPLE_FIELDS = ("prompt", "response", "gold_reward", "proxy_reward", "positive", "grammatical", "length_tokens")
-
 
 def best_of_n_key(profile: Profile) -> dict:
     """The best-of-n samples depend on the SFT policy, the reward model, the config and the eval's sampling."""
@@ -68,7 +66,7 @@ def best_of_n_dir(profile: Profile | None = None) -> Path:
                 sft, sft, proxy_fn, tokenizer, prompts, sampling, seed=config.seed + i, gold_fn=rw.gold_reward
             )
             seconds.append(time.perf_counter() - start)
-            draws.append([{k: s[k] for k in SAMPLE_FIELDS} for s in samples])
+            draws.append([{k: v for k, v in s.items() if k != "response_ids"} for s in samples])
         (folder / "draws.json").write_text(json.dumps(draws))
         meta = {"seconds_per_draw": sum(seconds) / len(seconds), "prompts": len(prompts)}
         for n in config.best_of_n:
