@@ -31,7 +31,7 @@ from utils.cartpole import PPOConfig as CartPolePPOConfig
 from utils.cartpole import REINFORCEConfig
 from utils.constitution import CriticConfig, RLAIFConfig
 from utils.decoding import SamplingConfig
-from utils.dpo import DPOConfig
+from utils.dpo import DPOConfig, DPOSweepConfig, DPOTrainConfig
 from utils.evaluation import EvalConfig, HealthThresholds, SweepConfig
 from utils.group_advantages import GroupAdvantageConfig
 from utils.knowledge_world import KnowledgeWorldConfig
@@ -77,6 +77,8 @@ CONFIGS = (
     EncoderOnlyConfig,
     GPTConfig,
     DPOConfig,
+    DPOTrainConfig,
+    DPOSweepConfig,
     GroupAdvantageConfig,
     VerifiableRewardConfig,
     KnowledgeWorldConfig,
@@ -208,6 +210,9 @@ BAD = [
     (BenchConfig, "vocab_size", 2),
     (BenchConfig, "value_model", "critic"),
     (BenchConfig, "n_embd", 30),
+    (DPOTrainConfig, "beta", 0.0),  # the implicit reward and the KL anchor need beta > 0
+    (DPOTrainConfig, "max_completion_tokens", 0),
+    (DPOSweepConfig, "betas", (0.3, 0.1)),
     (KnowledgeWorldConfig, "cutoff_year", 2024),
     (KnowledgeWorldConfig, "films_after_cutoff", 0),
     (KnowledgeWorldConfig, "films_after_cutoff", 400),

@@ -34,6 +34,7 @@ STAGE_ORDER = (
     "utils.stages.policy_eval",  # the measurement every policy stage (ppo, dpo, rloo, ...) shares
     "utils.stages.ppo",
     "utils.stages.evaluation",
+    "utils.stages.dpo",
     "utils.stages.group_rl",
     "utils.stages.rlaif",
     "utils.stages.limits",

@@ -173,14 +173,15 @@ class DPOTrainConfig:
     """A DPO run from the SFT policy with TRL's ``DPOTrainer`` (our config; ``trl.DPOConfig`` is built from it).
     Validated on construction (ValueError naming the field on bad values)."""
 
-    beta: float = 0.1
-    """KL coefficient of the objective DPO solves (the implicit reward is beta * log pi/pi_ref). Must be > 0"""
+    beta: float = 0.3
+    """KL coefficient of the objective DPO solves (the implicit reward is beta * log pi/pi_ref). Must be > 0.
+    0.3: at 0.1 the same run moves further (KL ~0.9 nats) into longer, cut-off reviews"""
     pairs: int | None = 2_000
     """preference pairs trained on: the first ``pairs`` rows of the training pairs (None: all of them)"""
     epochs: float = 1.0
     """passes over those pairs"""
-    lr: float = 1e-4
-    """peak learning rate (AdamW)"""
+    lr: float = 5e-5
+    """peak learning rate (AdamW); at 1e-4 the policy grows long and loses its EOS (measured on seed 0)"""
     lr_scheduler: str = "cosine"
     """transformers scheduler name (``transformers.SchedulerType``): warmup, then decay"""
     warmup_ratio: float = 0.1
@@ -191,13 +192,14 @@ class DPOTrainConfig:
     """max global gradient norm"""
     max_length: int = 128
     """longest prompt + completion in tokens; longer ones are cut at the end (ours are < 100: nothing is cut)"""
-    max_completion_tokens: int | None = None
+    max_completion_tokens: int | None = 24
     """pairs with a completion longer than this many tokens (EOS included) are left out before ``pairs`` are
-    counted (None: none is). Set to the response budget the policy is sampled with, so that DPO does not learn
-    to write reviews it will not be given the tokens to finish"""
-    sft_weight: float = 0.0
+    counted (None: none is). Below the 32-token response budget the policies are sampled with: the annotators'
+    length bias teaches DPO longer reviews, and one it has no tokens left to finish is ungrammatical"""
+    sft_weight: float = 0.5
     """weight of the chosen completion's negative log-likelihood added to the DPO loss (RPO, Pang et al. 2024;
-    TRL's ``loss_type=["sigmoid", "sft"]``); 0: plain DPO"""
+    TRL's ``loss_type=["sigmoid", "sft"]``); 0: plain DPO. DPO alone lowers the likelihood of both completions
+    and the policy loses grammar (seed 0: grammatical 0.98 -> 0.90); the NLL term keeps it (0.93)"""
     ld_alpha: float | None = None
     """length desensitisation (LD-DPO, Liu et al. 2024): the log-probs of the tokens past the shorter
     completion's length count ``ld_alpha`` times, in [0, 1]; None (or 1): plain DPO"""

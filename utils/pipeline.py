@@ -21,6 +21,7 @@ from utils.artifacts import atomic_write_json, read_json_or_reset, run_dir
 from utils.profiles import Profile, get_profile
 from utils.seed import configure_threads, run_seed
 from utils.stages.data import data_metrics, tokenizer_metrics
+from utils.stages.dpo import dpo_metrics
 from utils.stages.evaluation import eval_metrics
 from utils.stages.group_rl import grpo_metrics, grpo_verifiable_metrics, rloo_metrics
 from utils.stages.limits import limits_metrics
@@ -42,6 +43,7 @@ STAGES: dict[str, Callable[[Profile], dict]] = {
     "rm": rm_metrics,
     "ppo": ppo_metrics,
     "eval": eval_metrics,
+    "dpo": dpo_metrics,
     "rloo": rloo_metrics,
     "grpo": grpo_metrics,
     "grpo_verifiable": grpo_verifiable_metrics,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from utils.config_checks import check_instance, check_int, check_text
 from utils.constitution import CriticConfig, RLAIFConfig
-from utils.dpo import DPOTrainConfig
+from utils.dpo import DPOSweepConfig, DPOTrainConfig
 from utils.evaluation import EvalConfig, SweepConfig
 from utils.group_rl import GroupRLConfig
 from utils.knowledge_world import KnowledgeWorldConfig
@@ -85,6 +85,10 @@ class Profile:
     """reward model (utils.reward_model)"""
     ppo: PPOConfig = field(default_factory=PPOConfig)
     """RLHF with PPO (utils.ppo)"""
+    dpo: DPOTrainConfig = field(default_factory=DPOTrainConfig)
+    """DPO with TRL from the SFT policy on the reward model's human-labelled pairs (utils.dpo)"""
+    dpo_sweep: DPOSweepConfig = field(default_factory=DPOSweepConfig)
+    """notebook 12's beta sweep of short DPO runs (utils.dpo; built on first use, not by the pipeline)"""
     rloo: GroupRLConfig = field(default_factory=GroupRLConfig)
     """RLHF with TRL's RLOO against the reward model (utils.group_rl)"""
     grpo: GroupRLConfig = field(default_factory=GroupRLConfig)
@@ -154,6 +158,8 @@ PROFILES: dict[str, Profile] = {
             defective_heldout_pairs=20,
         ),
         ppo=PPOConfig(total_episodes=64, batch_size=16, num_minibatches=2, ppo_epochs=2, response_length=24),
+        dpo=DPOTrainConfig(pairs=64, batch_size=16),
+        dpo_sweep=DPOSweepConfig(betas=(0.1, 1.0), pairs=32, eval_prompts=8, heldout_pairs=16),
         rloo=TINY_GROUP_RL,
         grpo=TINY_GROUP_RL,
         grpo_verifiable=TINY_GROUP_RL,
