@@ -189,26 +189,36 @@ def test_annotator_agreement_and_bayes_optimal_accuracy():
     assert longer > shorter
 
 
-def test_break_completion_breaks_each_way():
+@pytest.mark.parametrize("kind", rw.BREAKAGES)
+def test_break_completion_breaks_each_way(kind):
     import random
 
-    prompt, completion = "the plot was", " good, but the acting was dull. i would not recommend it."
+    prompt, completion = "the plot was", " good, but the acting was dull. i liked the music. i would not recommend it."
     assert rw.is_grammatical(prompt + completion)
-    seen = {}
+    words = rw.split_words(completion)
     rng = random.Random(0)
-    for _ in range(200):
-        broken = rw.break_completion(prompt, completion, rng)
-        assert not rw.is_grammatical(prompt + broken)
-        words, broken_words = rw.split_words(completion), rw.split_words(broken)
-        if len(broken_words) < len(words) and broken_words == words[: len(broken_words)]:
-            seen["cut"] = broken
-        elif len(broken_words) == len(words) - 1:
-            seen["drop"] = broken
-        elif len(broken_words) == len(words) + 1:
-            seen["repeat"] = broken
-        elif sorted(broken_words) == sorted(words):
-            seen["swap"] = broken
-    assert set(seen) == set(rw.BREAKAGES)
+    for _ in range(20):
+        broken = rw.split_words(rw.break_completion(prompt, completion, rng, kinds=(kind,)))
+        assert not rw.is_grammatical(prompt + " " + rw.render(broken))
+        if kind == "cut":
+            assert len(broken) < len(words) and broken == words[: len(broken)]
+        elif kind == "drop":
+            assert 1 <= len(words) - len(broken) <= 3
+            assert any(broken == words[:i] + words[i + len(words) - len(broken) :] for i in range(len(words)))
+        elif kind == "repeat":
+            assert any(broken == words[: i + 1] + words[i:] for i in range(len(words)))
+        elif kind == "swap":
+            assert len(broken) == len(words) and sum(a != b for a, b in zip(broken, words)) == 2
+        else:  # pad: two to four copies of one sentence, the review otherwise intact
+            assert broken.count(".") - words.count(".") in (2, 3, 4)
+            assert set(broken) == set(words)
+
+
+def test_break_completion_rejects_unknown_kinds():
+    import random
+
+    with pytest.raises(ValueError, match="kinds must be"):
+        rw.break_completion("the plot was", " good.", random.Random(0), kinds=("shout",))
 
 
 def test_break_completion_of_nothing_fails_clearly():

@@ -689,35 +689,63 @@ def preference_pairs(
     return [labeller.label(p, a, b) for p, (a, b) in zip(prompts, completions)]
 
 
-BREAKAGES = ("cut", "drop", "repeat", "swap")
-"""How :func:`break_completion` damages a review: the slips a small language model makes. ``cut`` stops
-mid-review (a sample that ran out of tokens), ``drop`` loses a word ("i, but the music"), ``repeat`` says
-a word twice, ``swap`` exchanges two neighbours ("the and acting")."""
+BREAKAGES = ("cut", "drop", "repeat", "swap", "pad")
+"""How :func:`break_completion` damages a review: the slips a small language model makes, and the ones PPO's
+samples showed. ``cut`` stops mid-review (a sample that ran out of tokens), ``drop`` loses one to three
+neighbouring words ("i liked the plot was good"), ``repeat`` says a word twice, ``swap`` exchanges two
+neighbours ("the and acting"), ``pad`` repeats a sentence until the review has more sentences than the grammar
+allows (the length-hungry policy's favourite)."""
 
 
-def break_completion(prompt: str, completion: str, rng: random.Random) -> str:
-    """``completion`` damaged by one of :data:`BREAKAGES`, so that ``prompt + result`` is ungrammatical.
+def _sentences(words: list[str]) -> list[list[str]]:
+    """``words`` split after every full stop (the last piece may lack one)."""
+    out, current = [], []
+    for word in words:
+        current.append(word)
+        if word == ".":
+            out.append(current)
+            current = []
+    return out + ([current] if current else [])
+
+
+def _break_once(words: list[str], kind: str, rng: random.Random) -> list[str] | None:
+    """One breakage of ``kind`` at a random place, or None where it does not apply."""
+    if kind == "cut" and len(words) >= 2:
+        return words[: rng.randrange(1, len(words))]
+    if kind == "drop" and len(words) >= 2:
+        i = rng.randrange(len(words))
+        return words[:i] + words[i + rng.randint(1, min(3, len(words) - 1)) :]
+    if kind == "repeat":
+        i = rng.randrange(len(words))
+        return words[: i + 1] + words[i:]
+    if kind == "swap" and len(words) >= 2:
+        i = rng.randrange(len(words) - 1)
+        return words[:i] + [words[i + 1], words[i]] + words[i + 2 :]
+    if kind == "pad":
+        sentences = _sentences(words)
+        i = rng.randrange(len(sentences))
+        copies = [list(sentences[i]) for _ in range(rng.randint(2, 4))]  # 2-4 extra: past the 4-sentence limit
+        return [w for sentence in sentences[: i + 1] + copies + sentences[i + 1 :] for w in sentence]
+    return None
+
+
+def break_completion(prompt: str, completion: str, rng: random.Random, kinds: Sequence[str] = BREAKAGES) -> str:
+    """``completion`` damaged by one of ``kinds`` (default: all :data:`BREAKAGES`), so that ``prompt + result``
+    is ungrammatical.
 
     Tries the breakages in a random order at random places until the grammar rejects the result (dropping
-    "very" from "very good" is still a review; repeating a word never is); ValueError for an empty completion.
+    "very" from "very good" is still a review; repeating a word never is); ValueError for an empty completion,
+    an unknown kind, or a completion no try could break.
     """
+    unknown = [k for k in kinds if k not in BREAKAGES]
+    if unknown or not kinds:
+        raise ValueError(f"kinds must be a non-empty selection of {BREAKAGES}, got {list(kinds)}")
     words = split_words(completion)
     if not words:
         raise ValueError(f"completion {completion!r} of prompt {prompt!r} has no words to break")
     for _ in range(50):
-        kind = rng.choice(BREAKAGES)
-        if kind == "cut" and len(words) >= 2:
-            broken = words[: rng.randrange(1, len(words))]
-        elif kind == "drop" and len(words) >= 2:
-            i = rng.randrange(len(words))
-            broken = words[:i] + words[i + 1 :]
-        elif kind == "repeat":
-            i = rng.randrange(len(words))
-            broken = words[: i + 1] + words[i:]
-        elif kind == "swap" and len(words) >= 2:
-            i = rng.randrange(len(words) - 1)
-            broken = words[:i] + [words[i + 1], words[i]] + words[i + 2 :]
-        else:
+        broken = _break_once(words, rng.choice(kinds), rng)
+        if broken is None:
             continue
         text = " " + render(broken)
         if not is_grammatical(prompt + text):
