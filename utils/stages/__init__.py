@@ -19,6 +19,7 @@ from utils.stages.data import (
     tokenizer_dir,
 )
 from utils.stages.evaluation import eval_dir, load_eval_samples, load_sweep, sweep_dir
+from utils.stages.limits import limits_dir, load_limits_model, load_limits_results
 from utils.stages.lm import base_lm_dir, load_base_lm
 from utils.stages.ppo import load_ppo_policy, ppo_dir
 from utils.stages.rm import load_reward_model, rm_dir
@@ -30,10 +31,13 @@ __all__ = [
     "base_lm_dir",
     "data_dir",
     "eval_dir",
+    "limits_dir",
     "load_base_lm",
     "load_course_tokenizer",
     "load_dataset_rows",
     "load_eval_samples",
+    "load_limits_model",
+    "load_limits_results",
     "load_ppo_policy",
     "load_reward_model",
     "load_sft_model",
