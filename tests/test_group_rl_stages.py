@@ -62,7 +62,7 @@ def test_stage_builds_measures_and_loads(tiny_profile, stage):
 
 
 def test_methods_stage_writes_the_table_and_the_figure(tiny_profile, tiny_results):
-    """The ``methods`` stage on the tiny profile: one table row per method (SFT, PPO, [DPO,] RLOO, GRPO, GRPO
+    """The ``methods`` stage on the tiny profile: one table row per method (SFT, PPO, DPO, RLOO, GRPO, GRPO
     verifiable, best-of-n), each number read from its stage's metadata, and the figure."""
     from utils.method_comparison import best_of_n_kl
     from utils.stages.methods import best_of_n_dir, methods_metrics
@@ -70,8 +70,8 @@ def test_methods_stage_writes_the_table_and_the_figure(tiny_profile, tiny_result
 
     metrics = methods_metrics(tiny_profile)
     table = (tiny_results / "methods.md").read_text()
-    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| method")]
-    assert len(rows) == metrics["methods.compared"] >= 6
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith(("| method", "| ---"))]
+    assert len(rows) == metrics["methods.compared"] == 7
     names = [row.split("|")[1].strip() for row in rows]
     assert names[:2] == ["SFT (start)", "PPO"] and names[-1].startswith("best-of-2")
     assert {"RLOO (RM)", "GRPO (RM)", "GRPO (verifiable reward)"} <= set(names)

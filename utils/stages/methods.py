@@ -8,7 +8,6 @@ samples per held-out prompt, scored by the reward model (:mod:`utils.method_comp
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from utils.plotting import save_figure
 from utils.ppo import reward_model_fn
 from utils.profiles import Profile
 from utils.stages.data import load_dataset_rows
+from utils.stages.dpo import dpo_dir
 from utils.stages.evaluation import load_sweep
 from utils.stages.group_rl import group_rl_dir
 from utils.stages.policy_eval import heldout_evaluation_seed
@@ -97,16 +97,8 @@ def best_of_n_row(profile: Profile) -> tuple[dict, list[tuple[int, float, float]
     return row, curve
 
 
-def dpo_row(profile: Profile) -> dict | None:
-    """DPO's row, from helper A's ``utils.stages.dpo`` (``dpo_dir``); None while that stage does not exist.
-
-    TODO(issue 13): once ``utils/stages/dpo.py`` lands, check the names of its meta keys below (this assumes
-    the shared ``after_metrics`` keys, ``train_seconds`` and ``pairs_per_second``).
-    """
-    if importlib.util.find_spec("utils.stages.dpo") is None:
-        return None
-    from utils.stages.dpo import dpo_dir
-
+def dpo_row(profile: Profile) -> dict:
+    """DPO's row (stage ``dpo``: the shared ``after_metrics`` keys, ``train_seconds``, ``pairs_per_second``)."""
     meta = read_meta(dpo_dir(profile))
     return method_row("DPO", meta, throughput_key="pairs_per_second", throughput_unit="pairs/s")
 
@@ -118,9 +110,7 @@ def method_rows(profile: Profile) -> list[dict]:
         method_row("SFT (start)", ppo, suffix="_before", kl_key="kl_before", seconds_key=None),
         method_row("PPO", ppo, throughput_key="episodes_per_second", throughput_unit="episodes/s"),
     ]
-    dpo = dpo_row(profile)
-    if dpo is not None:
-        rows.append(dpo)
+    rows.append(dpo_row(profile))
     names = {"rloo": "RLOO (RM)", "grpo": "GRPO (RM)", "grpo_verifiable": "GRPO (verifiable reward)"}
     for stage, name in names.items():
         meta = read_meta(group_rl_dir(stage, profile))
@@ -128,7 +118,7 @@ def method_rows(profile: Profile) -> list[dict]:
     return rows
 
 
-def methods_markdown(rows: list[dict], profile: Profile, dpo_missing: bool, sweep_temperature: float | None) -> str:
+def methods_markdown(rows: list[dict], profile: Profile, sweep_temperature: float | None) -> str:
     n = profile.methods.best_of_n[-1]
     notes = [
         "# Alignment methods compared",
@@ -143,8 +133,6 @@ def methods_markdown(rows: list[dict], profile: Profile, dpo_missing: bool, swee
         "",
         methods_table(rows),
     ]
-    if dpo_missing:
-        notes.append("DPO: its stage (`utils/stages/dpo.py`) is not there yet, so it has no row.\n")
     if sweep_temperature is not None:
         notes.append(
             f"The figure's grey line is the PPO KL sweep's end points, sampled at temperature {sweep_temperature:g} "
@@ -166,8 +154,7 @@ def methods_metrics(profile: Profile) -> dict:
     temperature = records[0].get("temperature") if records else None
     folder = run_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    dpo_missing = not any(r["method"] == "DPO" for r in rows)
-    atomic_write_text(folder / "methods.md", methods_markdown(rows, profile, dpo_missing, temperature))
+    atomic_write_text(folder / "methods.md", methods_markdown(rows, profile, temperature))
     label = f"PPO KL sweep (end points, T={temperature:g})" if temperature is not None else "PPO KL sweep"
     fig = frontier_figure(rows, sweep, curve, sweep_label=label)
     save_figure(fig, "methods_frontier")
