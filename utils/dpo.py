@@ -227,7 +227,7 @@ class DPOSweepConfig:
     """The beta sweep of notebook 12: short DPO runs from the SFT policy, one per beta, each measured on the
     first held-out prompts and pairs. Validated on construction (ValueError naming the field on bad values)."""
 
-    betas: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0)
+    betas: tuple[float, ...] = (0.1, 0.3, 1.0)
     """the KL coefficients swept (each > 0, strictly increasing); every other setting is the ``dpo`` stage's"""
     pairs: int = 500
     """training pairs per run (fewer than the stage's, so that the sweep fits a notebook's budget)"""
