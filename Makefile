@@ -67,8 +67,9 @@ lint: setup
 # How much the numbers vary: the pipeline on seeds 0-2 (artifacts side by side in results/), seed 0 again
 # on another thread count, then results/seed_study.{json,md}. Opt-in: about 40 minutes on 2 cores.
 SEEDS ?= 0 1 2
+STAGES ?=
 seeds: setup
-	$(PY) -m utils.seed_study --seeds $(SEEDS) --threads-check 0
+	$(PY) -m utils.seed_study --seeds $(SEEDS) --threads-check 0 $(if $(STAGES),--stages $(STAGES))
 
 # REPORT.md is generated from the chapters in docs/report/ (see utils/report.py). Standard library only,
 # so the bootstrap Python suffices and no install is needed.

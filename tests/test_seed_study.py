@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import subprocess
 
 import numpy as np
 import pytest
@@ -162,3 +163,18 @@ def test_sweep_over_seeds_averages_beta_by_beta(tmp_path):
     assert len(ax.containers) == 2  # proxy and gold, each with error bars
     with pytest.raises(ValueError, match="no eval.sweep.beta"):
         seed_study.plot_sweep_over_seeds({"seeds": [0, 1], "metrics": seed_study.summarise({0: {}, 1: {}})})
+
+
+def test_run_pipeline_passes_the_stages_to_the_pipeline(monkeypatch):
+    seen = {}
+
+    def fake_run(command, env, stdout, text):
+        seen["command"], seen["env"] = command, env
+        return subprocess.CompletedProcess(command, 0, stdout='{"seed": 3}')
+
+    monkeypatch.setattr(seed_study.subprocess, "run", fake_run)
+    assert seed_study.run_pipeline(3, num_threads=1, stages=["rm", "ppo"]) == {"seed": 3}
+    assert seen["command"][-3:] == ["--stages", "rm", "ppo"]
+    assert seen["env"]["RLHF_SEED"] == "3" and seen["env"]["RLHF_NUM_THREADS"] == "1"
+    seed_study.run_pipeline(3)
+    assert "--stages" not in seen["command"]

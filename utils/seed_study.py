@@ -31,7 +31,11 @@ from utils.targets import MEAN_TARGETS, TARGETS
 
 
 def run_pipeline(
-    seed: int, num_threads: int | None = None, results: Path | None = None, profile: str | None = None
+    seed: int,
+    num_threads: int | None = None,
+    results: Path | None = None,
+    profile: str | None = None,
+    stages: Sequence[str] | None = None,
 ) -> dict:
     """Run ``python -m utils.pipeline`` for one seed in a subprocess and return its metrics.
 
@@ -44,6 +48,7 @@ def run_pipeline(
     if results is not None:
         env["RLHF_RESULTS_DIR"] = str(results)
     command = [sys.executable, "-m", "utils.pipeline"] + (["--profile", profile] if profile else [])
+    command += ["--stages", *stages] if stages else []
     done = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True)
     if done.returncode != 0:
         raise RuntimeError(
@@ -268,6 +273,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also rerun SEED on another thread count (1, or 2 if the study runs on 1), in results/threads-N/",
     )
     parser.add_argument("--profile", default=None, help="course (default) or tiny")
+    parser.add_argument(
+        "--stages", nargs="+", default=None, help="pipeline stages to run for every seed (default: all, as make run)"
+    )
     args = parser.parse_args(argv)
     if len(set(args.seeds)) < 2:
         parser.error(f"--seeds needs at least two different seeds to measure a spread, got {args.seeds}")
@@ -281,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for seed in args.seeds:
         start = time.perf_counter()
         print(f"seed study: pipeline with RLHF_SEED={seed} ...", file=sys.stderr, flush=True)
-        runs[seed] = run_pipeline(seed, num_threads=threads, profile=args.profile)
+        runs[seed] = run_pipeline(seed, num_threads=threads, profile=args.profile, stages=args.stages)
         seconds[seed] = time.perf_counter() - start
     study = {
         "profile": next(iter(runs.values())).get("profile", args.profile or "course"),
@@ -294,9 +302,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed = args.threads_check
         other = 1 if threads != 1 else 2
         print(f"seed study: seed {seed} again with RLHF_NUM_THREADS={other} ...", file=sys.stderr, flush=True)
-        study_run = runs[seed] if seed in runs else run_pipeline(seed, num_threads=threads, profile=args.profile)
+        study_run = (
+            runs[seed]
+            if seed in runs
+            else run_pipeline(seed, num_threads=threads, profile=args.profile, stages=args.stages)
+        )
         other_run = run_pipeline(
-            seed, num_threads=other, results=results_dir() / f"threads-{other}", profile=args.profile
+            seed,
+            num_threads=other,
+            results=results_dir() / f"threads-{other}",
+            profile=args.profile,
+            stages=args.stages,
         )
         study["threads"] = thread_comparison(seed, study_run, other_run, study["metrics"], threads, other)
     atomic_write_json(results_dir() / "seed_study.json", study)
