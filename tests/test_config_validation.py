@@ -34,10 +34,11 @@ from utils.decoding import SamplingConfig
 from utils.dpo import DPOConfig, DPOSweepConfig, DPOTrainConfig
 from utils.evaluation import EvalConfig, HealthThresholds, SweepConfig
 from utils.group_advantages import GroupAdvantageConfig
-from utils.knowledge_world import KnowledgeWorldConfig
 from utils.group_rl import GroupRLConfig
+from utils.knowledge_world import KnowledgeWorldConfig
 from utils.language_model import LMConfig, LMTrainConfig
 from utils.limits import LimitsConfig
+from utils.lstm_lm import LSTMConfig
 from utils.method_comparison import MethodsConfig
 from utils.ppo import PPOConfig
 from utils.profiles import DataConfig, Profile
@@ -81,13 +82,14 @@ CONFIGS = (
     DPOSweepConfig,
     GroupAdvantageConfig,
     VerifiableRewardConfig,
+    GroupRLConfig,
+    MethodsConfig,
     KnowledgeWorldConfig,
     LimitsConfig,
     WordLMConfig,
-    GroupRLConfig,
-    MethodsConfig,
     CriticConfig,
     RLAIFConfig,
+    LSTMConfig,
 )
 REQUIRED = {Profile: {"name": "test"}}  # fields without a default
 
@@ -213,6 +215,11 @@ BAD = [
     (DPOTrainConfig, "beta", 0.0),  # the implicit reward and the KL anchor need beta > 0
     (DPOTrainConfig, "max_completion_tokens", 0),
     (DPOSweepConfig, "betas", (0.3, 0.1)),
+    (LSTMConfig, "n_layer", 0),
+    (LSTMConfig, "dropout", 1.0),
+    (GroupRLConfig, "group_size", 1),  # a group baseline needs another completion
+    (GroupRLConfig, "batch_size", 60),  # not whole groups per minibatch
+    (MethodsConfig, "best_of_n", (4, 2)),
     (KnowledgeWorldConfig, "cutoff_year", 2024),
     (KnowledgeWorldConfig, "films_after_cutoff", 0),
     (KnowledgeWorldConfig, "films_after_cutoff", 400),
@@ -221,9 +228,6 @@ BAD = [
     (LimitsConfig, "max_puzzle_steps", 0),
     (WordLMConfig, "n_embd", 30),
     (WordLMConfig, "lr", 0.0),
-    (GroupRLConfig, "group_size", 1),  # a group baseline needs another completion
-    (GroupRLConfig, "batch_size", 60),  # not whole groups per minibatch
-    (MethodsConfig, "best_of_n", (4, 2)),
 ]
 
 
