@@ -23,7 +23,12 @@ from utils.profiles import Profile
 from utils.reward_model import score_texts
 from utils.seed import set_seed
 from utils.stages.data import load_dataset_rows
-from utils.stages.policy_eval import after_metrics, evaluate_against_sft, heldout_evaluation_seed
+from utils.stages.policy_eval import (
+    POLICY_METRIC_KEYS,
+    after_metrics,
+    evaluate_against_sft,
+    heldout_evaluation_seed,
+)
 from utils.stages.ppo import ppo_key
 from utils.stages.profile import resolve_profile
 from utils.stages.rm import load_reward_model
@@ -32,12 +37,7 @@ from utils.tokenizer import load_tokenizer
 
 # The dpo.* metrics the pipeline reports (the artifact's manifest holds more).
 METRIC_KEYS = (
-    "gold_reward_after",
-    "proxy_reward_after",
-    "kl_to_ref",
-    "positive_fraction_after",
-    "grammatical_fraction_after",
-    "length_tokens_after",
+    *POLICY_METRIC_KEYS,
     "implicit_accuracy_heldout",
     "train_seconds",
     "pairs_per_second",

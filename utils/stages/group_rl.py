@@ -23,7 +23,12 @@ from utils.group_rl import GroupRLConfig, reward_model_reward, train_group_rl, v
 from utils.profiles import Profile
 from utils.seed import set_seed
 from utils.stages.data import load_dataset_rows
-from utils.stages.policy_eval import after_metrics, evaluate_against_sft, heldout_evaluation_seed
+from utils.stages.policy_eval import (
+    POLICY_METRIC_KEYS,
+    after_metrics,
+    evaluate_against_sft,
+    heldout_evaluation_seed,
+)
 from utils.stages.profile import resolve_profile
 from utils.stages.rm import load_reward_model, rm_key
 from utils.stages.sft import load_sft_model, sft_key
@@ -39,12 +44,7 @@ GROUP_RL_STAGES: dict[str, tuple[str, str]] = {
 
 # The <stage>.* metrics the pipeline reports (the artifact's manifest holds more).
 METRIC_KEYS = (
-    "gold_reward_after",
-    "proxy_reward_after",
-    "kl_to_ref",
-    "positive_fraction_after",
-    "grammatical_fraction_after",
-    "length_tokens_after",
+    *POLICY_METRIC_KEYS,
     "train_seconds",
     "completions_per_second",
 )

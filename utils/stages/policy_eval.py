@@ -18,6 +18,16 @@ from utils.stages.data import load_dataset_rows
 from utils.stages.rm import load_reward_model
 from utils.stages.sft import load_sft_model
 
+# The headline numbers every policy stage reports as ``<stage>.<key>`` (its artifact's manifest holds more).
+POLICY_METRIC_KEYS = (
+    "gold_reward_after",
+    "proxy_reward_after",
+    "kl_to_ref",
+    "positive_fraction_after",
+    "grammatical_fraction_after",
+    "length_tokens_after",
+)
+
 
 def heldout_evaluation_seed(profile: Profile) -> int:
     """The sampling seed of the measurement: PPO's seed + 1, so PPO's own before/after numbers are this one's."""
