@@ -24,7 +24,7 @@ FINISHED := 00_setup_and_tour 01_self_attention 02_transformer_architecture \
             03_tokenizers_and_embeddings 04_causal_lm_training 05_decoding \
             06_instruction_finetuning 07_preference_data_and_human_feedback 08_reward_model \
             09_rl_basics_and_ppo 10_ppo_rlhf 11_evaluation_and_reward_hacking \
-            12_dpo_rloo_grpo 13_rlaif_constitutional_ai
+            12_dpo_rloo_grpo 13_rlaif_constitutional_ai 14_limits_rag_reasoning_tools
 NOTEBOOKS := $(foreach n,$(FINISHED),notebooks/$(n).ipynb notebooks/solutions/$(n)_solutions.ipynb)
 
 .PHONY: setup run test unit notebooks bench lint seeds freeze clean report
