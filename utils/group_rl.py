@@ -77,8 +77,9 @@ class GroupRLConfig:
     """each generation batch is split into this many minibatches, one optimiser step each (TRL's
     ``steps_per_generation``)"""
     num_iterations: int = 1
-    """passes over each generation batch (TRL's ``num_iterations``, PPO's epochs); above 1 the ratio to the
-    sampling policy is clipped at 1 +- clip_range"""
+    """passes over each generation batch (TRL's ``num_iterations``, PPO's epochs); every minibatch after the
+    first of a batch (the second of 2 here, and all of a second pass) is off-policy, so TRL keeps the sampling
+    policy's log-probabilities and clips the ratio to them at 1 +- clip_range"""
     kl_coef: float = 0.2
     """beta, the KL coefficient (PPO's kl_coef): RLOO subtracts beta * (summed k1) from each completion's reward;
     GRPO adds beta * k3 per token to its loss. 0: no reference model"""
@@ -89,7 +90,8 @@ class GroupRLConfig:
     max_grad_norm: float = 1.0
     """gradients are rescaled so that their global norm is at most this"""
     clip_range: float = 0.2
-    """epsilon of the clipped ratio (TRL's ``epsilon``), in (0, 1); only bites when num_iterations > 1"""
+    """epsilon of the clipped ratio (TRL's ``epsilon``), in (0, 1); it can bite from the second minibatch of
+    each generation batch on, once an optimiser step has moved the policy away from the one that sampled"""
     temperature: float = 0.7
     """sampling temperature, also applied inside every training forward pass (PPO's 0.7)"""
     response_length: int = 32
