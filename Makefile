@@ -27,7 +27,7 @@ FINISHED := 00_setup_and_tour 01_self_attention 02_transformer_architecture \
             12_dpo_rloo_grpo 13_rlaif_constitutional_ai 14_limits_rag_reasoning_tools
 NOTEBOOKS := $(foreach n,$(FINISHED),notebooks/$(n).ipynb notebooks/solutions/$(n)_solutions.ipynb)
 
-.PHONY: setup run test unit notebooks bench lint seeds freeze clean report
+.PHONY: setup run test unit notebooks bench lint seeds freeze clean report hub-smoke
 
 setup: $(STAMP)
 
@@ -71,6 +71,12 @@ SEEDS ?= 0 1 2
 STAGES ?=
 seeds: setup
 	$(PY) -m utils.seed_study --seeds $(SEEDS) --threads-check 0 $(if $(STAGES),--stages $(STAGES))
+
+# The hub profile's end-to-end smoke run, offline: every stage (data, tokenizer, sft, rm, ppo, eval) for a few
+# steps with GPT2Config()-shaped random models on the real slices in ../shared/data. Opt-in (not in make test):
+# ~45 CPU-seconds and ~3 GB of memory, minutes of wall time on a busy machine. The other hub tests run in make test.
+hub-smoke: setup
+	RLHF_HUB_SMOKE=1 $(ONE_THREAD) $(PY) -m pytest tests/test_hub_profile.py -q
 
 # REPORT.md is generated from the chapters in docs/report/ (see utils/report.py). Standard library only,
 # so the bootstrap Python suffices and no install is needed.

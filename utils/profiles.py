@@ -3,8 +3,9 @@
 * ``course`` (the default): the offline path every student runs, on a 2-core CPU.
 * ``tiny``: the same pipeline shrunk until it runs in seconds; used by the tests, and says so.
 
-The optional hub profile (gpt2, IMDB, HH-RLHF; needs internet and a GPU) is described in the README;
-it reuses the same code with hub loaders and is never part of the default path.
+* ``hub`` and ``hub_smoke`` (:class:`HubProfile`, :func:`get_hub_profile`): GPT-2 on IMDB with an outside
+  judge (utils.hub), sized for a Colab T4 (``hub``) or for a CPU smoke run of a few steps (``hub_smoke``).
+  They have stages of their own (``utils.stages.hub``) and never touch the course's artifacts.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from utils.constitution import CriticConfig, RLAIFConfig
 from utils.dpo import DPOSweepConfig, DPOTrainConfig
 from utils.evaluation import EvalConfig, SweepConfig
 from utils.group_rl import GroupRLConfig
+from utils.hub import HubDataConfig, HubEvalConfig, HubModelConfig, HubTrainConfig
 from utils.knowledge_world import KnowledgeWorldConfig
 from utils.language_model import LMConfig, LMTrainConfig
 from utils.limits import LimitsConfig
@@ -220,6 +222,90 @@ def get_profile(name: str | None = None, seed: int | None = None) -> Profile:
     """The profile called ``name`` (default: ``$RLHF_PROFILE`` or ``course``) for run seed ``seed``
     (default: ``$RLHF_SEED`` or 0; see :func:`with_run_seed`)."""
     name = name or os.environ.get("RLHF_PROFILE", "course")
+    if name in HUB_PROFILES:
+        raise ValueError(f"{name!r} is a hub profile with stages of its own: use get_hub_profile({name!r})")
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
     return with_run_seed(PROFILES[name], run_seed() if seed is None else seed)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The hub profiles: GPT-2 on real text (utils.hub, utils.stages.hub)
+# ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HubProfile:
+    """Everything that decides a hub run: data, models, the two short trainings, PPO, the evaluation."""
+
+    name: str
+    """``hub`` or ``hub_smoke``"""
+    data: HubDataConfig = field(default_factory=HubDataConfig)
+    """IMDB and HH-RLHF: sources and split sizes"""
+    models: HubModelConfig = field(default_factory=HubModelConfig)
+    """gpt2 from the hub or GPT2Config() random-init, the judge, device and precision"""
+    sft: HubTrainConfig = field(default_factory=HubTrainConfig)
+    """the short LM fine-tuning of GPT-2 on IMDB reviews (the PPO policy starts from it)"""
+    rm: HubTrainConfig = field(default_factory=lambda: HubTrainConfig(steps=250, lr=2e-5))
+    """the GPT-2 reward model on (positive, negative) review pairs, initialised from the SFT model"""
+    ppo: PPOConfig = field(
+        default_factory=lambda: PPOConfig(
+            total_episodes=512,
+            batch_size=32,
+            num_minibatches=4,
+            ppo_epochs=2,
+            response_length=24,
+            temperature=1.0,
+            lr=1e-4,
+            kl_coef=0.1,
+            use_lora=True,
+        )
+    )
+    """our PPO (utils.ppo) with LoRA, so the reference is the policy without its adapter: one copy of GPT-2"""
+    evaluation: HubEvalConfig = field(default_factory=HubEvalConfig)
+    """sampling before and after PPO, scored by the outside judge and the reward model"""
+
+    def __post_init__(self) -> None:
+        check_text(self, "name")
+        for name, annotation in typing.get_type_hints(HubProfile).items():
+            if dataclasses.is_dataclass(annotation):
+                check_instance(self, name, annotation)
+
+
+HUB_PROFILES: dict[str, HubProfile] = {
+    # Sized for a free Colab T4 (untimed: no GPU was available when it was written; see the README).
+    "hub": HubProfile(name="hub"),
+    # A few steps of every stage on a CPU in fp32, with GPT2Config()-shaped random models: tests the code path.
+    "hub_smoke": HubProfile(
+        name="hub_smoke",
+        data=HubDataConfig(
+            sft_reviews=8,
+            rm_train_pairs=8,
+            rm_test_pairs=8,
+            prompts_train=8,
+            prompts_test=4,
+            sft_max_tokens=32,
+            rm_max_tokens=32,
+        ),
+        models=HubModelConfig(weights="random", standin_vocab_size=2_048, device="cpu"),
+        sft=HubTrainConfig(steps=2, batch_size=2, warmup_steps=1, lr=1e-4, lora=True),
+        rm=HubTrainConfig(steps=2, batch_size=2, warmup_steps=1, lr=1e-4),
+        ppo=PPOConfig(
+            total_episodes=8,
+            batch_size=4,
+            num_minibatches=2,
+            ppo_epochs=1,
+            response_length=6,
+            temperature=1.0,
+            lr=1e-4,
+            kl_coef=0.1,
+            use_lora=True,
+        ),
+        evaluation=HubEvalConfig(num_prompts=4, max_new_tokens=6, batch_size=4, judge_reviews=4),
+    ),
+}
+
+
+def get_hub_profile(name: str = "hub", seed: int | None = None) -> HubProfile:
+    """The hub profile ``name`` (``hub`` or ``hub_smoke``) for run seed ``seed`` (default ``$RLHF_SEED``)."""
+    if name not in HUB_PROFILES:
+        raise ValueError(f"unknown hub profile {name!r}; choose one of {sorted(HUB_PROFILES)}")
+    return with_run_seed(HUB_PROFILES[name], run_seed() if seed is None else seed)
