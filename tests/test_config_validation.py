@@ -35,6 +35,7 @@ from utils.dpo import DPOConfig, DPOSweepConfig, DPOTrainConfig
 from utils.evaluation import EvalConfig, HealthThresholds, SweepConfig
 from utils.group_advantages import GroupAdvantageConfig
 from utils.group_rl import GroupRLConfig
+from utils.hub import HubDataConfig, HubEvalConfig, HubModelConfig, HubTrainConfig
 from utils.knowledge_world import KnowledgeWorldConfig
 from utils.language_model import LMConfig, LMTrainConfig
 from utils.limits import LimitsConfig
@@ -90,6 +91,10 @@ CONFIGS = (
     CriticConfig,
     RLAIFConfig,
     LSTMConfig,
+    HubDataConfig,
+    HubModelConfig,
+    HubTrainConfig,
+    HubEvalConfig,
 )
 REQUIRED = {Profile: {"name": "test"}}  # fields without a default
 

@@ -39,6 +39,7 @@ STAGE_ORDER = (
     "utils.stages.rlaif",
     "utils.stages.limits",
     "utils.stages.methods",  # reads every method stage: last
+    "utils.stages.hub",  # the hub profiles' own stages (GPT-2 on real text); imports no other stage
 )
 STAGES = {"utils.stages", *STAGE_ORDER}
 
