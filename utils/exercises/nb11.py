@@ -1,16 +1,18 @@
 """Checks of notebook 11's exercises (evaluation and reward hacking). Each tests the student's function on data
 made here (review-world texts, synthetic curves, random scores) against the reference implementations in
-``utils.evaluation`` and ``utils.judge``, without saying what the answer is."""
+``utils.evaluation``, ``utils.judge`` and ``utils.broken_reviews``, without saying what the answer is."""
 
 from __future__ import annotations
 
 import math
+import random
 
 import numpy as np
 
 from utils import evaluation as ev
 from utils import judge as jd
 from utils import review_world as rw
+from utils.broken_reviews import broken_form, broken_form_table
 from utils.exercises import NotYet, exercise
 
 
@@ -122,3 +124,35 @@ def _check_flip_rate(flip_rate):
     p_ab[:10], p_ba[5:15] = 0.5, 0.5  # ties: a tie is a verdict of its own
     if abs(float(flip_rate(p_ab, p_ba)) - jd.flip_rate(p_ab, p_ba)) > 1e-9:
         raise NotYet("the flip rate is off; p_ba is P(b better) with b shown first, and a tie is a verdict too")
+
+
+def _slip_samples(n: int = 90, seed: int = 11) -> list[dict]:
+    """Review-world answers, a third of them broken in every way the review world knows, with random scores."""
+    prompts = [r["prompt"] for r in rw.rl_prompts(n, seed=seed)]
+    completions = [c for (c,) in rw.sample_completions(prompts, 1, seed=seed + 1)]
+    rng, scores = random.Random(seed), np.random.default_rng(seed)
+    samples = []
+    for i, (prompt, completion) in enumerate(zip(prompts, completions)):
+        response = rw.break_completion(prompt, completion, rng) if i % 3 == 0 else completion
+        samples.append({"prompt": prompt, "response": response, "proxy_reward": float(scores.normal())})
+        samples[-1]["grammatical"] = broken_form(prompt + response) is None
+    return samples
+
+
+@exercise("11.7")
+def _check_slip_prices(slip_prices):
+    samples = _slip_samples()
+    got = slip_prices(samples)
+    table = broken_form_table(samples)
+    intact = np.mean([s["proxy_reward"] for s in samples if s["grammatical"]])
+    if not isinstance(got, dict) or set(got) != {row["form"] for row in table}:
+        raise NotYet("return a dict with one key per broken form found among the samples (and no other)")
+    for row in table:
+        value = got[row["form"]]
+        if not isinstance(value, (tuple, list)) or len(value) != 2:
+            raise NotYet("each value is a pair: (share of all samples, price)")
+        share, price = (float(v) for v in value)
+        if abs(share - row["share"]) > 1e-9:
+            raise NotYet(f"the share of {row['form']!r} is off: out of how many samples?")
+        if abs(price - (row["proxy_reward"] - intact)) > 1e-9:
+            raise NotYet(f"the price of {row['form']!r} is off: its mean score against the grammatical answers'")

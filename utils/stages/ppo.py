@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import time
 from pathlib import Path
@@ -50,6 +51,19 @@ def ppo_key(profile: Profile) -> dict:
     evaluation = profile.evaluation
     sampling = {"temperature": evaluation.temperature, "max_new_tokens": evaluation.max_new_tokens}
     return {**ppo_training_key(profile), "evaluation_sampling": sampling}
+
+
+def ppo_variant(profile: Profile | None = None, **changes) -> Profile:
+    """``profile`` (default: the environment's) with its PPO config changed, e.g. ``ppo_variant(temperature=1.0)``.
+
+    ``ppo_dir`` of the variant is the pipeline's own ``ppo`` stage run with that config: from the same SFT policy,
+    against the same reward model (their keys do not read the PPO config, so neither is retrained), measured the
+    same way, and cached under a key of its own, so the pipeline's run and its default stay as they are. The
+    measurement samples at the variant's temperature when ``EvalConfig.temperature`` is None (the course's
+    setting), as the pipeline's samples at its own. A bad value raises PPOConfig's ValueError.
+    """
+    profile = resolve_profile(profile)
+    return dataclasses.replace(profile, ppo=dataclasses.replace(profile.ppo, **changes))
 
 
 def ppo_dir(profile: Profile | None = None, progress: bool = True) -> Path:
