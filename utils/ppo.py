@@ -128,10 +128,11 @@ class PPOConfig:
     temperature: float = 0.7
     """sampling temperature; the logits are divided by it in the rollout AND in every training forward
     pass, so the log-probabilities PPO optimises are those of the distribution that was sampled (and the
-    policy we evaluate is that tempered distribution). 0.7 as in TRL: on the course, 1,024 held-out
-    samples gave 0.95 positive and 0.98 grammatical after PPO at 0.7 against 0.89 and 0.93 at 1.0, since
-    at 1.0 the SFT policy's tail of broken reviews (which the reward model never learned to punish)
-    survives PPO"""
+    policy we evaluate is that tempered distribution). 0.7 as in TRL. At 1.0, with the reward model that
+    also learned broken reviews, PPO still misses the positive and grammatical targets on run seeds 0 and 1
+    (0.85 / 0.89 and 0.87 / 0.93 on 256 held-out prompts, against 0.95 / 0.98 and 0.93 / 0.96 at 0.7): the
+    untempered SFT policy's tail of slips the reward model still pays for (a misplaced verdict, text after
+    it, a word out of place) survives PPO (notebook 11, section 8)"""
 
     # --- Optimiser ------------------------------------------------------------------------------------
     lr: float = 3e-4
