@@ -13,7 +13,8 @@ Type. This module is about *preference* rows: a prompt and two completions, one 
 Two neighbouring types appear too: *prompt-completion* `{"prompt", "completion"}` (SFT) and *language
 modelling* `{"text"}` / `{"messages"}`; the standard <-> conversational conversions accept them as well.
 A *ranking* (one prompt, k completions ordered best first, as in InstructGPT's labelling interface) is not a
-TRL format; `ranking_to_pairwise` turns it into k(k-1)/2 preference rows.
+TRL format; `ranking_to_pairwise` turns it into k(k-1)/2 preference rows (or only the k - 1 adjacent or
+best-vs-rest ones). Notebook 07 and `utils.listwise` also learn from a ranking directly (Plackett-Luce).
 
 Standard <-> conversational uses the HH transcript convention: each turn is "\n\n{Tag}: {content}" with
 Tag "Human" for the user and "Assistant" for the assistant, and an explicit prompt ends with the generation
@@ -261,11 +262,35 @@ def to_standard(row: Mapping[str, Any], role_tags: Mapping[str, str] = HH_ROLE_T
 # ----------------------------------------------------------------------------------------------------------
 
 
-def ranking_to_pairwise(row: Mapping[str, Any], ranking_column: str = "completions") -> list[dict[str, Any]]:
-    """Every pair of a ranked list, preferred first: k completions (best first) give k(k-1)/2 preference rows.
+RANKING_PAIRS = ("all", "adjacent", "best_vs_rest")  # which pairs of a ranking `ranking_to_pairwise` makes
+
+
+def ranking_pair_positions(k: int, pairs: str = "all") -> list[tuple[int, int]]:
+    """The (better, worse) positions of a ranking of ``k`` items (position 0 = best) that ``pairs`` selects.
+
+    - "all": every pair, k(k-1)/2 of them, in order (0,1), (0,2), ..., (1,2), ... (InstructGPT's recipe);
+    - "adjacent": the k - 1 neighbours (0,1), (1,2), ...: the fewest pairs that still imply the whole order;
+    - "best_vs_rest": (0,1), (0,2), ..., (0,k-1): only who won, as when a labeller just picks the best of k.
+    """
+    if not isinstance(k, int) or isinstance(k, bool) or k < 2:
+        raise ValueError(f"a ranking needs k >= 2 items, got {k!r}")
+    if pairs == "all":
+        return [(better, worse) for better in range(k) for worse in range(better + 1, k)]
+    if pairs == "adjacent":
+        return [(position, position + 1) for position in range(k - 1)]
+    if pairs == "best_vs_rest":
+        return [(0, worse) for worse in range(1, k)]
+    raise ValueError(f"pairs must be one of {RANKING_PAIRS}, got {pairs!r}")
+
+
+def ranking_to_pairwise(
+    row: Mapping[str, Any], ranking_column: str = "completions", pairs: str = "all"
+) -> list[dict[str, Any]]:
+    """Pairs of a ranked list, preferred first: k completions (best first) give k(k-1)/2 preference rows.
 
     InstructGPT trained its reward model on all k(k-1)/2 pairs of each ranking. Other columns (the prompt,
     ids, ...) are copied into every pair. Rows come out in order (0,1), (0,2), ..., (1,2), ...
+    ``pairs="adjacent"`` or ``"best_vs_rest"`` keeps only k - 1 of them (see `ranking_pair_positions`).
     """
     ranked = _require(row, ranking_column)
     if not isinstance(ranked, list) or len(ranked) < 2:
@@ -283,8 +308,7 @@ def ranking_to_pairwise(row: Mapping[str, Any], ranking_column: str = "completio
     extras = {k: v for k, v in row.items() if k not in (ranking_column, "prompt")}
     return [
         {**prompt, "chosen": ranked[better], "rejected": ranked[worse], **extras}
-        for better in range(len(ranked))
-        for worse in range(better + 1, len(ranked))
+        for better, worse in ranking_pair_positions(len(ranked), pairs)
     ]
 
 
