@@ -110,3 +110,15 @@ def test_07_4_bias_intervals():
     assert not check("07.4", {n: (high, low) for n, (low, high) in intervals.items()})  # bounds swapped
     assert not check("07.4", {n: (low - 0.2, high - 0.2) for n, (low, high) in intervals.items()})  # off target
     assert not check("07.4", {100: intervals[1600], 400: intervals[400], 1600: intervals[100]})  # widths grow
+
+
+def test_07_5_top_m_plackett_luce():
+    def top_m(scores, m):  # the solution notebook's answer
+        suffix_logsumexp = torch.logcumsumexp(scores.flip(1), dim=1).flip(1)  # (B, K)
+        return (suffix_logsumexp - scores)[:, :m].sum(dim=1).mean()
+
+    assert check("07.5", top_m)
+    assert not check("07.5", lambda s, m: top_m(s, m + 1))  # one stage too many
+    assert not check("07.5", lambda s, m: (torch.logcumsumexp(s, dim=1) - s)[:, :m].sum(dim=1).mean())  # prefix lse
+    assert not check("07.5", lambda s, m: top_m(s, m) * s.shape[0])  # summed, not averaged
+    assert not check("07.5", 3)

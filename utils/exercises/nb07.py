@@ -103,3 +103,25 @@ def check_bias_intervals(intervals: object) -> None:
         raise NotYet(f"at n = 1600 the interval should lie near the planted bias per word ({planted})")
     if not bounds[400][0] > 0:
         raise NotYet("at n = 400 the interval should already exclude 0")
+
+
+@exercise("07.5")
+def check_top_m_plackett_luce(loss_fn: object) -> None:
+    """``loss_fn(scores, m)``: the Plackett-Luce NLL of the first ``m`` choices of rankings ``scores`` (B, K), best
+    first, averaged over the rankings. Checked by its two limits and one middle case, computed stage by stage."""
+    import torch
+    import torch.nn.functional as F
+
+    from utils import listwise as lw
+
+    if not callable(loss_fn):
+        raise NotYet("answer with the function top_m_plackett_luce_loss(scores, m)")
+    scores = torch.randn(64, 4, generator=torch.Generator().manual_seed(5), dtype=torch.float64)  # (B, K)
+    first = torch.zeros(64, dtype=torch.long)
+    if not torch.allclose(torch.as_tensor(loss_fn(scores, 1), dtype=torch.float64), F.cross_entropy(scores, first)):
+        raise NotYet("m = 1 should be the winner's softmax cross-entropy over all K answers")
+    if not torch.allclose(torch.as_tensor(loss_fn(scores, 3), dtype=torch.float64), lw.plackett_luce_loss(scores)):
+        raise NotYet("m = K - 1 should be the whole ranking's Plackett-Luce loss (the last choice is forced)")
+    two_stages = F.cross_entropy(scores, first) + F.cross_entropy(scores[:, 1:], first)  # stage 2: among the rest
+    if not torch.allclose(torch.as_tensor(loss_fn(scores, 2), dtype=torch.float64), two_stages):
+        raise NotYet("m = 2: the first choice among all K, plus the second among the K - 1 left")
