@@ -41,11 +41,13 @@ from utils.language_model import LMConfig, LMTrainConfig
 from utils.limits import LimitsConfig
 from utils.lstm_lm import LSTMConfig
 from utils.method_comparison import MethodsConfig
+from utils.mlm import MLMConfig
 from utils.ppo import PPOConfig
 from utils.profiles import DataConfig, Profile
 from utils.review_world import AnnotatorConfig, GrammarConfig
 from utils.reward_model import RewardModelConfig
 from utils.sft import SFTConfig
+from utils.span_corruption import SpanCorruptionConfig
 from utils.thread_bench import ThreadBenchConfig
 from utils.tokenizer import TokenizerConfig
 from utils.transformer import BlockConfig, EncoderDecoderConfig, EncoderOnlyConfig, GPTConfig
@@ -95,6 +97,8 @@ CONFIGS = (
     HubModelConfig,
     HubTrainConfig,
     HubEvalConfig,
+    MLMConfig,
+    SpanCorruptionConfig,
 )
 REQUIRED = {Profile: {"name": "test"}}  # fields without a default
 
@@ -233,6 +237,11 @@ BAD = [
     (LimitsConfig, "max_puzzle_steps", 0),
     (WordLMConfig, "n_embd", 30),
     (WordLMConfig, "lr", 0.0),
+    (EncoderOnlyConfig, "type_vocab_size", -1),
+    (MLMConfig, "mask_prob", 0.0),
+    (MLMConfig, "random_token_share", 0.3),  # with mask_token_share 0.8: more than all of the chosen tokens
+    (SpanCorruptionConfig, "noise_density", 1.0),
+    (SpanCorruptionConfig, "mean_span_length", 0.5),
 ]
 
 

@@ -49,6 +49,16 @@ def swiglu_hidden(d):
     return 8 * d // 3
 
 
+def text_infilling(tokens, noise_mask, mask_id):
+    out = []
+    for i, (token, dropped) in enumerate(zip(tokens, noise_mask)):
+        if not dropped:
+            out.append(token)
+        elif i == 0 or not noise_mask[i - 1]:  # the first token of a span leaves one [MASK]
+            out.append(mask_id)
+    return out
+
+
 RIGHT = {
     "02.1": offset_matrix,
     "02.2a": gpt_parameters,
@@ -58,6 +68,7 @@ RIGHT = {
     "02.5a": rms_norm,
     "02.5b": swiglu,
     "02.5c": swiglu_hidden,
+    "02.6": text_infilling,
 }
 
 
@@ -97,6 +108,14 @@ def hidden_of_the_mlp(d):
     return 4 * d
 
 
+def one_mask_per_token(tokens, noise_mask, mask_id):
+    return [mask_id if dropped else token for token, dropped in zip(tokens, noise_mask)]
+
+
+def spans_deleted(tokens, noise_mask, mask_id):
+    return [token for token, dropped in zip(tokens, noise_mask) if not dropped]
+
+
 WRONG = [
     ("02.1", rotation_the_wrong_way, "each (sin, cos) pair needs its own 2 x 2 rotation"),
     ("02.2a", gpt_without_position_table, "count_parameters says 354,823,168"),
@@ -106,6 +125,8 @@ WRONG = [
     ("02.5a", layer_norm_instead, "that is LayerNorm"),
     ("02.5b", silu_on_the_wrong_branch, "the SiLU goes on the gate projection"),
     ("02.5c", hidden_of_the_mlp, "with d = 768, a SwiGLU of width 3072"),
+    ("02.6", one_mask_per_token, "BART puts ONE [MASK] per span"),
+    ("02.6", spans_deleted, "each span leaves one [MASK]"),
 ]
 
 

@@ -67,3 +67,14 @@ def test_08_4_bag_of_words():
     assert not check("08.4", (0.79, {w: -v for w, v in weights.items()}))  # the columns swapped in training
     assert not check("08.4", (0.95, weights))  # above the ceiling: scored on the training pairs?
     assert not check("08.4", 0.79)
+
+
+def test_08_5_auc_by_counting():
+    def auc_by_counting(positive, negative):
+        difference = positive[:, None] - negative[None, :]
+        return float((difference > 0).mean() + 0.5 * (difference == 0).mean())
+
+    assert check("08.5", auc_by_counting)
+    assert not check("08.5", lambda positive, negative: float((positive[:, None] > negative[None, :]).mean()))
+    assert not check("08.5", lambda positive, negative: 1 - auc_by_counting(positive, negative))
+    assert not check("08.5", lambda positive, negative: float(np.mean(positive > np.median(negative))))

@@ -25,7 +25,8 @@ and TRL's ``RewardTrainer`` (:func:`build_trl_reward_trainer`) on the same data.
 chosen half and the rejected half of a batch into one right-padded forward pass.
 
 Evaluation: held-out pairwise accuracy against the Bayes-optimal accuracy of the simulated annotators,
-Spearman correlation with the gold reward, calibration (reliability diagram, ECE), and a length-bias
+ROC AUC of the scores of chosen against rejected texts (:func:`roc_auc`), Spearman correlation with the gold
+reward, calibration (reliability diagram, ECE), and a length-bias
 diagnostic (the annotators prefer longer answers: does the RM learn that?). Real preference data (HH-RLHF)
 has no gold reward: :func:`evaluate_preferences` reports accuracy, margin and calibration alone.
 
@@ -599,6 +600,22 @@ def rankdata(values: Sequence[float]) -> np.ndarray:
         ranks[order[start : end + 1]] = (start + end) / 2 + 1  # mean of ranks start+1 .. end+1
         start = end + 1
     return ranks
+
+
+def roc_auc(positive_scores: Sequence[float], negative_scores: Sequence[float]) -> float:
+    """Area under the ROC curve of a score meant to rank ``positive_scores`` above ``negative_scores``.
+
+    It equals the probability that a random positive outscores a random negative, a tie counting one half:
+    the Mann-Whitney U statistic divided by ``n_pos * n_neg``. From ranks in O(n log n):
+    ``U = R_pos - n_pos (n_pos + 1) / 2``, with ``R_pos`` the sum of the positives' ranks among all the scores
+    (ties get the average of their ranks, :func:`rankdata`). 0.5 is chance, 1 a perfect ranking.
+    """
+    positive, negative = np.asarray(positive_scores, dtype=float), np.asarray(negative_scores, dtype=float)
+    if positive.ndim != 1 or negative.ndim != 1 or len(positive) == 0 or len(negative) == 0:
+        raise ValueError(f"roc_auc needs two non-empty 1-d sequences, got shapes {positive.shape} and {negative.shape}")
+    ranks = rankdata(np.concatenate([positive, negative]))
+    u = ranks[: len(positive)].sum() - len(positive) * (len(positive) + 1) / 2
+    return float(u / (len(positive) * len(negative)))
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:

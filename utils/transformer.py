@@ -27,6 +27,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -34,6 +35,9 @@ from torch import nn
 from utils.attention import AttentionConfig, MultiHeadAttention, padding_mask
 from utils.config_checks import check, check_bool, check_choice, check_int, check_number
 from utils.positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
+
+if TYPE_CHECKING:
+    from transformers import BertConfig
 
 ACTIVATIONS = {
     "gelu": lambda: nn.GELU(),
@@ -368,10 +372,14 @@ class EncoderOnlyConfig:
     """BERT is post-norm"""
     layer_norm_eps: float = 1e-12
     """BERT's epsilon"""
+    type_vocab_size: int = 0
+    """segment (token type) embeddings: BERT has 2, one for each text of a pair ([CLS] A [SEP] B [SEP]);
+    0 = none, the sum of token and position embeddings alone"""
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "max_len", "d_model", "n_heads", "n_layers", "d_ff"):
             check_int(self, name, ge=1)
+        check_int(self, "type_vocab_size", ge=0)
         check(self, "d_model", self.d_model % self.n_heads == 0, f"divisible by n_heads ({self.n_heads})")
         check_number(self, "dropout", ge=0, lt=1)
         check_number(self, "layer_norm_eps", gt=0)
@@ -382,6 +390,29 @@ class EncoderOnlyConfig:
         return BlockConfig(
             self.d_model, self.n_heads, self.d_ff, self.dropout, self.norm_first, "gelu", self.layer_norm_eps
         )
+
+    def hf_bert_config(self, **overrides: object) -> BertConfig:
+        """The transformers ``BertConfig`` of the same model (``overrides``: e.g. ``num_labels=1``).
+
+        BERT always has segment embeddings; a model without them (``type_vocab_size=0``) maps to one segment
+        whose embedding is zero (:meth:`EncoderOnlyModel.hf_bert_state_dict`).
+        """
+        from transformers import BertConfig
+
+        fields = {
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.d_model,
+            "num_hidden_layers": self.n_layers,
+            "num_attention_heads": self.n_heads,
+            "intermediate_size": self.d_ff,
+            "max_position_embeddings": self.max_len,
+            "type_vocab_size": max(1, self.type_vocab_size),
+            "hidden_dropout_prob": self.dropout,
+            "attention_probs_dropout_prob": self.dropout,
+            "layer_norm_eps": self.layer_norm_eps,
+            "hidden_act": "gelu",  # the exact GELU, as our encoder's
+        }
+        return BertConfig(**{**fields, **overrides})
 
 
 class MaskedLMHead(nn.Module):
@@ -416,18 +447,87 @@ class EncoderOnlyModel(nn.Module):
         self.encoder = Encoder(config.block_config(), config.n_layers)
         self.lm_head = MaskedLMHead(config, self.token_embed)
         self.apply(init_weights)
+        # Built and initialised after the rest, so that adding segments leaves every other initial weight as it was.
+        self.token_type_embed = None
+        if config.type_vocab_size:
+            self.token_type_embed = nn.Embedding(config.type_vocab_size, config.d_model)
+            init_weights(self.token_type_embed)
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """input_ids (B, T) -> contextual vectors (B, T, d_model), e.g. for a classifier on top."""
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """input_ids (B, T) -> contextual vectors (B, T, d_model), e.g. for a classifier on top.
+
+        ``token_type_ids`` (B, T): the segment of each token (0 = first text, 1 = second), added as a learned
+        vector like the position; default all 0. Only for a model with ``type_vocab_size > 0``.
+        """
         _check_ids(input_ids, self.config.max_len)
         positions = torch.arange(input_ids.size(1), device=input_ids.device)
-        x = self.token_embed(input_ids) + self.position_embed(positions)
+        x = self.token_embed(input_ids) + self.position_embed(positions)  # (B, T, d_model)
+        if self.token_type_embed is not None:
+            if token_type_ids is None:
+                token_type_ids = torch.zeros_like(input_ids)
+            x = x + self.token_type_embed(token_type_ids)
+        elif token_type_ids is not None:
+            raise ValueError("token_type_ids given to a model without segment embeddings (type_vocab_size=0)")
         x = self.dropout(self.embed_norm(x))
         return self.encoder(x, _optional_padding_mask(attention_mask))
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """input_ids (B, T), optional 0/1 attention_mask (B, T) -> MLM logits (B, T, vocab_size)."""
-        return self.lm_head(self.encode(input_ids, attention_mask))
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """input_ids (B, T), optional 0/1 attention_mask and token_type_ids (B, T) -> MLM logits (B, T, vocab_size)."""
+        return self.lm_head(self.encode(input_ids, attention_mask, token_type_ids))
+
+    def hf_bert_state_dict(self) -> dict[str, torch.Tensor]:
+        """Our weights under the names of transformers' ``BertForMaskedLM`` (config: ``config.hf_bert_config()``).
+
+        The layouts agree piece for piece when the blocks are post-norm, as BERT's: embeddings -> LayerNorm,
+        then per block self-attention (query, key, value, output dense), add & LayerNorm, feed-forward
+        (intermediate, output dense), add & LayerNorm; the MLM head is dense -> GELU -> LayerNorm -> decoder
+        tied to the word embeddings. Keys starting with ``bert.`` load into any BERT model (e.g.
+        ``BertForSequenceClassification``, whose pooler is not part of our encoder).
+        """
+        if self.config.norm_first:
+            raise ValueError("BERT is post-norm: a pre-norm encoder (norm_first=True) has no BERT equivalent")
+        out = {
+            "bert.embeddings.word_embeddings.weight": self.token_embed.weight,
+            "bert.embeddings.position_embeddings.weight": self.position_embed.embedding.weight,
+            "bert.embeddings.token_type_embeddings.weight": (
+                self.token_type_embed.weight
+                if self.token_type_embed is not None
+                else torch.zeros(1, self.config.d_model)  # one segment that adds nothing
+            ),
+        }
+
+        def norm(prefix: str, module: nn.LayerNorm) -> None:
+            out[f"{prefix}.weight"], out[f"{prefix}.bias"] = module.weight, module.bias
+
+        def linear(prefix: str, module: nn.Linear) -> None:
+            out[f"{prefix}.weight"], out[f"{prefix}.bias"] = module.weight, module.bias
+
+        norm("bert.embeddings.LayerNorm", self.embed_norm)
+        for i, block in enumerate(self.encoder.blocks):
+            layer = f"bert.encoder.layer.{i}"
+            for name, proj in (("query", block.attn.q_proj), ("key", block.attn.k_proj), ("value", block.attn.v_proj)):
+                linear(f"{layer}.attention.self.{name}", proj)
+            linear(f"{layer}.attention.output.dense", block.attn.out_proj)
+            norm(f"{layer}.attention.output.LayerNorm", block.norm_attn)
+            linear(f"{layer}.intermediate.dense", block.ff.fc)
+            linear(f"{layer}.output.dense", block.ff.proj)
+            norm(f"{layer}.output.LayerNorm", block.norm_ff)
+        head = self.lm_head
+        linear("cls.predictions.transform.dense", head.dense)
+        norm("cls.predictions.transform.LayerNorm", head.norm)
+        out["cls.predictions.decoder.weight"] = head.decoder.weight
+        out["cls.predictions.decoder.bias"] = out["cls.predictions.bias"] = head.decoder.bias
+        return {key: value.detach().clone() for key, value in out.items()}
 
 
 # --------------------------------------------------------------------------- decoder-only (GPT-2)

@@ -184,3 +184,35 @@ def check_swiglu_hidden(swiglu_hidden) -> None:
         n_swiglu, n_mlp = (sum(p.numel() for layer in m for p in layer.parameters()) for m in (swiglu, mlp))
         if n_swiglu != n_mlp:
             raise NotYet(f"with d = {d}, a SwiGLU of width {h} has {n_swiglu:,} weights, the MLP {n_mlp:,}")
+
+
+def _text_infilling_reference(tokens: list[int], noise_mask: list[bool], mask_id: int) -> list[int]:
+    return [
+        mask_id if dropped else token
+        for i, (token, dropped) in enumerate(zip(tokens, noise_mask))
+        if not dropped or i == 0 or not noise_mask[i - 1]
+    ]
+
+
+@exercise("02.6")
+def check_text_infilling(text_infilling) -> None:
+    """``text_infilling(tokens, noise_mask, mask_id)``: BART's corrupted input, each dropped span replaced by
+    one ``mask_id`` (lists of ints and bools in, a list of ints out)."""
+    generator = torch.Generator().manual_seed(62)
+    cases = [([5, 6, 7, 8, 9, 10], [False, True, True, False, True, False])]
+    for length in (12, 30, 7):
+        tokens = torch.randint(2, 50, (length,), generator=generator).tolist()
+        cases.append((tokens, (torch.rand(length, generator=generator) < 0.4).tolist()))
+    cases.append(([3, 4, 5], [True, True, False]))  # a text that starts with a dropped span
+    for tokens, noise_mask in cases:
+        got = text_infilling(list(tokens), list(noise_mask), 99)
+        if not isinstance(got, (list, tuple)) or not all(isinstance(t, int) for t in got):
+            raise NotYet("text_infilling should return a list of token ids (ints)")
+        expected = _text_infilling_reference(tokens, noise_mask, 99)
+        if list(got) == expected:
+            continue
+        if list(got) == [99 if m else t for t, m in zip(tokens, noise_mask)]:
+            raise NotYet("one [MASK] per dropped token is BERT's corruption: BART puts ONE [MASK] per span")
+        if list(got) == [t for t, m in zip(tokens, noise_mask) if not m]:
+            raise NotYet("deleting the spans hides where something is missing: each span leaves one [MASK]")
+        raise NotYet(f"on tokens {tokens} with mask {[int(m) for m in noise_mask]} expected {expected}, got {got}")

@@ -98,3 +98,23 @@ def check_bag_of_words(result: object) -> None:
         raise NotYet("the weights should cover the review world's vocabulary (one per word of the texts)")
     if not (min(weights[w] for w in positive) > 0 > max(weights[w] for w in negative)):
         raise NotYet("praise words should get positive weights and criticism negative ones: trained long enough?")
+
+
+@exercise("08.5")
+def check_auc_by_counting(auc_by_counting: object) -> None:
+    """``auc_by_counting(positive, negative)``: the share of (positive, negative) pairs in which the positive
+    scores higher, a tie counting one half (1-d numpy arrays in, a float out)."""
+    rng = np.random.default_rng(85)
+    cases = [(rng.normal(0.5, 1, 200), rng.normal(0, 1, 150))]
+    cases.append((rng.integers(0, 6, 120).astype(float), rng.integers(0, 5, 90).astype(float)))  # many ties
+    for positive, negative in cases:
+        got = float(auc_by_counting(positive.copy(), negative.copy()))
+        expected = rm.roc_auc(positive, negative)
+        if abs(got - expected) < 1e-9:
+            continue
+        strict = float((positive[:, None] > negative[None, :]).mean())
+        if abs(got - strict) < 1e-9:
+            raise NotYet("a tie between a positive and a negative counts one half, not zero")
+        if abs(got - (1 - expected)) < 1e-9:
+            raise NotYet("that is the share of pairs where the NEGATIVE scores higher: swap the two")
+        raise NotYet(f"expected {expected:.4f} on this input, got {got:.4f}")
