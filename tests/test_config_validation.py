@@ -33,12 +33,14 @@ from utils.constitution import CriticConfig, RLAIFConfig
 from utils.decoding import SamplingConfig
 from utils.dpo import DPOConfig, DPOSweepConfig, DPOTrainConfig
 from utils.evaluation import EvalConfig, HealthThresholds, SweepConfig
+from utils.exposure_bias import ExposureBiasConfig
 from utils.group_advantages import GroupAdvantageConfig
 from utils.group_rl import GroupRLConfig
 from utils.hub import HubDataConfig, HubEvalConfig, HubModelConfig, HubTrainConfig
 from utils.knowledge_world import KnowledgeWorldConfig
 from utils.language_model import LMConfig, LMTrainConfig
 from utils.limits import LimitsConfig
+from utils.listwise import ListwiseConfig
 from utils.lstm_lm import LSTMConfig
 from utils.method_comparison import MethodsConfig
 from utils.mlm import MLMConfig
@@ -99,6 +101,8 @@ CONFIGS = (
     HubEvalConfig,
     MLMConfig,
     SpanCorruptionConfig,
+    ExposureBiasConfig,
+    ListwiseConfig,
 )
 REQUIRED = {Profile: {"name": "test"}}  # fields without a default
 
