@@ -102,3 +102,43 @@ def check_assistant_labels(mask_labels):
             trained = sum(label != -100 for label in labels)
             expected = sum(label != -100 for label in expected_labels)
             raise NotYet(f"a {len(messages)}-message conversation: you train {trained} tokens, TRL trains {expected}")
+
+
+def _tiny_write_setting():
+    """A tiny GPT-2, its tokenizer and instruction rows the student has not seen (for exercise 06.6)."""
+    from utils.language_model import LMConfig, build_model
+    from utils.tokenizer import train_bpe
+
+    rows = rw.instruction_pairs(90, seed=21)
+    texts = [r["text"] for r in rw.lm_corpus(300, seed=22)] + [r["prompt"] + r["completion"] for r in rows]
+    tokenizer = train_bpe(texts, vocab_size=300)
+    model = build_model(LMConfig(n_layer=1, n_head=2, n_embd=32, n_positions=256), tokenizer, seed=3)
+    return model, tokenizer, rows
+
+
+@exercise("06.6")
+def check_aspect_gap(aspect_gap):
+    from utils import instruction_following as inf
+
+    model, tokenizer, rows = _tiny_write_setting()
+    expected = inf.request_sensitivity(model, tokenizer, rows)
+    yours = float(aspect_gap(model, tokenizer, rows))
+    if abs(yours - expected["sentiment"]) < 1e-9 < abs(yours - expected["aspect"]):
+        raise NotYet("that is the gap for the other *sentiment*: keep the sentiment, change the aspect")
+    if abs(yours + expected["aspect"]) < 1e-9 < abs(yours - expected["aspect"]):
+        raise NotYet("the sign is reversed: the counterfactual request's NLL minus the true one's")
+    if abs(yours - expected["aspect"]) > 1e-6:
+        raise NotYet(
+            f"your gap is {yours:.6f} nats per token on another tiny model, the reference {expected['aspect']:.6f}: "
+            "use only the 'write' rows, ask for the next aspect (wrapping around) and keep each completion"
+        )
+
+
+@exercise("06.7")
+def check_virtual_tokens(n_virtual_tokens):
+    d, n_layer, r = 128, 4, 16
+    lora = n_layer * r * ((d + 3 * d) + (d + d) + (d + 4 * d) + (4 * d + d))
+    if n_virtual_tokens * d != lora:
+        if n_virtual_tokens * d * n_layer == lora:
+            raise NotYet("a soft prompt sits at the input only: it is not repeated in every block")
+        raise NotYet(f"{n_virtual_tokens} virtual tokens of width {d} train {n_virtual_tokens * d} parameters")
