@@ -37,6 +37,7 @@ from utils.exposure_bias import ExposureBiasConfig
 from utils.group_advantages import GroupAdvantageConfig
 from utils.group_rl import GroupRLConfig
 from utils.hub import HubDataConfig, HubEvalConfig, HubModelConfig, HubTrainConfig
+from utils.instruction_following import FollowRequestConfig, WriteDataConfig
 from utils.knowledge_world import KnowledgeWorldConfig
 from utils.language_model import LMConfig, LMTrainConfig
 from utils.limits import LimitsConfig
@@ -46,6 +47,7 @@ from utils.method_comparison import MethodsConfig
 from utils.mlm import MLMConfig
 from utils.ppo import PPOConfig
 from utils.profiles import DataConfig, Profile
+from utils.prompt_tuning import PromptTuningConfig
 from utils.review_world import AnnotatorConfig, GrammarConfig
 from utils.reward_model import RewardModelConfig
 from utils.sft import SFTConfig
@@ -103,6 +105,9 @@ CONFIGS = (
     SpanCorruptionConfig,
     ExposureBiasConfig,
     ListwiseConfig,
+    WriteDataConfig,
+    FollowRequestConfig,
+    PromptTuningConfig,
 )
 REQUIRED = {Profile: {"name": "test"}}  # fields without a default
 

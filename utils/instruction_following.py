@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from utils import review_world as rw
-from utils.config_checks import check_bool, check_choice, check_int
+from utils.config_checks import check_bool, check_choice, check_instance, check_int
 from utils.instruction_mixtures import fixed_steps
 from utils.sft import SFTConfig, completion_nll, train_sft
 
@@ -214,8 +214,8 @@ class FollowRequestConfig:
     def __post_init__(self) -> None:
         from transformers import SchedulerType
 
-        if self.write_data is not None and not isinstance(self.write_data, WriteDataConfig):
-            raise ValueError(f"FollowRequestConfig.write_data: a WriteDataConfig or None, got {self.write_data!r}")
+        if self.write_data is not None:
+            check_instance(self, "write_data", WriteDataConfig)
         check_int(self, "first_phase_steps", ge=0)
         check_int(self, "first_phase_rows", ge=1)
         check_int(self, "seed", ge=0)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from utils.config_checks import check_choice, check_int, check_number
+from utils.config_checks import check, check_choice, check_int, check_number
 from utils.sft import SFTConfig, train_sft
 from utils.trl_helpers import quiet_training
 
@@ -60,8 +60,8 @@ class PromptTuningConfig:
     def __post_init__(self) -> None:
         check_int(self, "n_virtual_tokens", ge=1)
         check_choice(self, "init", list(PROMPT_INITS))
-        if self.init == "text" and not self.init_text:
-            raise ValueError("PromptTuningConfig.init_text: init='text' needs a non-empty init_text")
+        check(self, "init_text", isinstance(self.init_text, str), "a string")
+        check(self, "init_text", self.init != "text" or bool(self.init_text), "non-empty when init is 'text'")
         check_number(self, "lr", gt=0)
 
 
