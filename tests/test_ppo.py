@@ -427,6 +427,12 @@ def test_variants_run_and_learn(overrides):
         assert sum(p.numel() for p in trainer.params) < 0.5 * sum(p.numel() for p in trainer.model.parameters())
     if config.value_model == "model":
         assert trainer.model.value_head is None and trainer.model.value_model is not None
+    probe = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        expected = trainer.model.policy(probe).logits
+        trained = trainer.trained_policy()  # LoRA: the adapters merged into a plain GPT-2
+        assert type(trained).__name__ == "GPT2LMHeadModel"
+        torch.testing.assert_close(trained(probe).logits, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_adaptive_kl_controller_moves_beta():

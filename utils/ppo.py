@@ -837,6 +837,12 @@ class PPOTrainer:
                         self.save_checkpoint(self.checkpoint_path)
         return self.log
 
+    def trained_policy(self) -> nn.Module:
+        """The policy to save or evaluate: with LoRA, its adapters merged into a plain ``GPT2LMHeadModel``
+        (W + (alpha/r) B A, as fast as the base); without, the policy itself."""
+        policy = self.model.policy
+        return policy.merge_and_unload() if self.config.use_lora else policy
+
     @property
     def checkpoint_path(self) -> Path:
         if self.output_dir is None:

@@ -335,9 +335,7 @@ def hub_ppo_dir(profile: HubProfile, progress: bool = False) -> Path:
         start = time.perf_counter()
         log = trainer.train(progress=progress)
         seconds = time.perf_counter() - start
-        trained = trainer.model.policy
-        if config.use_lora:
-            trained = trained.merge_and_unload()
+        trained = trainer.trained_policy()
         trained.save_pretrained(str(folder))
         tokenizer.save_pretrained(str(folder))
         write_log(log, folder)

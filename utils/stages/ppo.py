@@ -102,9 +102,7 @@ def ppo_dir(profile: Profile | None = None, progress: bool = True) -> Path:
         start = time.perf_counter()
         log = trainer.train(progress=progress)
         seconds = time.perf_counter() - start
-        trained = trainer.model.policy
-        if config.use_lora:
-            trained = trained.merge_and_unload()
+        trained = trainer.trained_policy()
         after, after_samples = evaluate(trained)
         trained.save_pretrained(str(folder))
         tokenizer.save_pretrained(str(folder))
